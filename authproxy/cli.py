@@ -1,0 +1,77 @@
+"""The `authproxy` command line: serve, check-config, devidp, demo, gen-secret.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid configuration (one line per problem,
+each naming its key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from collections.abc import Sequence
+
+from authproxy import __version__
+from authproxy.config import ConfigError, load
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authproxy", description="Authenticating reverse proxy for CentralAuth."
+    )
+    parser.add_argument("--version", action="version", version=f"authproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML config file")
+
+    check = commands.add_parser("check-config", help="validate a config file (exit 0, or 2 with errors)")
+    check.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML config file")
+
+    # Only listed here for --help: its options belong to the fake and are parsed by it (see main()).
+    commands.add_parser("devidp", help="run the fake CentralAuth server (devidp --help for options)")
+
+    commands.add_parser("demo", help="run a fake CentralAuth, a whoami app and the proxy on localhost")
+    commands.add_parser("gen-secret", help="print a fresh cookie secret")
+    return parser
+
+
+def check_config(path: str) -> int:
+    try:
+        load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: configuration is valid")
+    return EXIT_OK
+
+
+def gen_secret() -> int:
+    # 32 random bytes, URL-safe so it can sit in TOML, an env var or a Kubernetes Secret unquoted.
+    print(secrets.token_urlsafe(32))
+    return EXIT_OK
+
+
+def not_yet(command: str) -> int:
+    print(f"authproxy {command}: not implemented yet", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["devidp"]:
+        # The fake CentralAuth imports nothing from the proxy and owns its whole option set.
+        from authproxy.devidp.cli import main as devidp_main
+
+        return devidp_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.config)
+    if args.command == "gen-secret":
+        return gen_secret()
+    return not_yet(args.command)
