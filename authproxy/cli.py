@@ -57,6 +57,20 @@ def gen_secret() -> int:
     return EXIT_OK
 
 
+def serve(path: str) -> int:
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    from authproxy import app, logs
+
+    logs.configure(config.logging.format, config.logging.level)
+    app.serve(config)
+    return EXIT_OK
+
+
 def not_yet(command: str) -> int:
     print(f"authproxy {command}: not implemented yet", file=sys.stderr)
     return EXIT_FAILURE
@@ -74,4 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args.config)
     if args.command == "gen-secret":
         return gen_secret()
+    if args.command == "serve":
+        return serve(args.config)
     return not_yet(args.command)

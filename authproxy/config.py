@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from authproxy.errors import ConfigError
+from authproxy.redirect import RedirectPolicy
 
 __all__ = ["Config", "ConfigError", "load"]
 
@@ -42,7 +43,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 def split_host_port(value: str) -> tuple[str, int]:
     """Split `host:port` or `[v6]:port`; raise ValueError with a user-facing message otherwise."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port):
         raise ValueError(f"expected host:port, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -116,12 +117,11 @@ def _route_rule(rule: str) -> str:
 
 
 def _redirect_domain(value: str) -> str:
-    host, _, port = value.partition(":") if not value.startswith("[") else (value, "", "")
-    candidate = host[1:] if host.startswith(".") else host
-    if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", candidate):
-        raise ValueError(f"{value!r} is not a host, '.domain' or 'host:port' pattern")
-    if port and port != "*" and not (port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError(f"{value!r} has an invalid port; use a number or '*'")
+    # The redirect validator's own parser decides, so config and runtime can never disagree.
+    try:
+        RedirectPolicy("https://config.invalid", (value,))
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix("redirects.allowed_domains: ")) from None
     return value.lower()
 
 

@@ -209,3 +209,17 @@ def test_gen_secret_is_fresh_and_long_enough(capsys: pytest.CaptureFixture[str])
     first, second = capsys.readouterr().out.split()
     assert first != second
     assert len(first) >= 32
+
+
+@pytest.mark.parametrize("pattern", ["host:", ".1.2.3.4", "0x7f.1", "host:\u0664\u0664\u0663", "a b"])
+def test_redirect_patterns_are_judged_by_the_redirect_validator(tmp_path: Path, pattern: str) -> None:
+    text = VALID + f'\n[redirects]\nallowed_domains = ["{pattern}"]\n'
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert caught.value.problems[0].startswith("redirects.allowed_domains[0]: ")
+
+
+def test_listen_port_must_be_ascii_digits(tmp_path: Path) -> None:
+    text = VALID.replace("[server]", '[server]\nlisten = "0.0.0.0:\u0664\u0661\u0668\u0660"')
+    with pytest.raises(ConfigError, match=r"server\.listen: expected host:port"):
+        load(write(tmp_path, text))

@@ -1,0 +1,68 @@
+"""What the proxy itself says to people and programs: small HTML pages and JSON errors.
+
+Every page is self-contained (inline CSS, no external assets), escapes everything it shows, and carries
+the `X-Authproxy: 1` marker and the request id so an operator can tell a proxy answer from the app's.
+Nothing attacker-controlled (such as CentralAuth's `error_description`) is ever reflected.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+from aiohttp import web
+
+MARKER = {"X-Authproxy": "1", "Cache-Control": "no-store"}
+
+_STYLE = (
+    "body{font:16px/1.5 system-ui,sans-serif;background:#f4f5f7;color:#1d2430;margin:0;"
+    "display:flex;min-height:100vh;align-items:center;justify-content:center}"
+    "main{background:#fff;max-width:28rem;width:calc(100% - 2rem);padding:2rem;border-radius:12px;"
+    "box-shadow:0 2px 12px rgba(0,0,0,.08)}h1{font-size:1.3rem;margin:0 0 .75rem}"
+    "a.button,button{display:inline-block;background:#2457d6;color:#fff;border:0;border-radius:8px;"
+    "padding:.6rem 1.2rem;font:inherit;text-decoration:none;cursor:pointer}"
+    "small{color:#6b7280;display:block;margin-top:1.5rem}"
+)
+
+
+def html_page(
+    title: str, body_html: str, *, status: int = 200, request_id: str = "", extra: str = ""
+) -> web.Response:
+    """A complete page; `body_html` must already be escaped by the caller."""
+    reference = f"<small>Reference: {escape(request_id)}</small>" if request_id else ""
+    document = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><main><h1>{escape(title)}</h1>{body_html}{extra}{reference}</main></body></html>"
+    )
+    return web.Response(
+        text=document, status=status, content_type="text/html", charset="utf-8", headers=MARKER
+    )
+
+
+def json_error(status: int, code: str, message: str, request_id: str) -> web.Response:
+    body = json.dumps({"error": code, "message": message, "request_id": request_id})
+    return web.Response(text=body, status=status, content_type="application/json", headers=MARKER)
+
+
+def error_page(
+    status: int, title: str, message: str, request_id: str, retry_url: str | None = None
+) -> web.Response:
+    action = f'<p><a class="button" href="{escape(retry_url)}">Sign in again</a></p>' if retry_url else ""
+    return html_page(title, f"<p>{escape(message)}</p>{action}", status=status, request_id=request_id)
+
+
+def sign_in_page(start_url: str, request_id: str) -> web.Response:
+    body = (
+        "<p>This application needs you to sign in with CentralAuth.</p>"
+        f'<p><a class="button" href="{escape(start_url)}">Sign in</a></p>'
+    )
+    return html_page("Sign in", body, request_id=request_id)
+
+
+def wants_json(accept: str, requested_with: str, api_route: bool) -> bool:
+    """Programs get JSON and a 401; browsers get pages and redirects (oauth2-proxy's rule of thumb)."""
+    if api_route or requested_with:
+        return True
+    return "text/html" not in accept.lower()

@@ -1,0 +1,37 @@
+"""The CentralAuth User object as the proxy needs it, parsed defensively from userinfo JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    email: str
+    verified: bool
+    blocked: bool
+    organization_id: str | None
+    affirmation_date: str | None
+
+    @classmethod
+    def from_json(cls, data: Any) -> User | None:
+        """A User from a userinfo body, or None when the body is not one (treated as an outage)."""
+        if not isinstance(data, dict):
+            return None
+        user_id, email = data.get("id"), data.get("email")
+        if not isinstance(user_id, str) or not user_id or not isinstance(email, str) or not email:
+            return None
+        organization = data.get("organizationId")
+        affirmed = data.get("affirmationDate")
+        return cls(
+            id=user_id,
+            email=email,
+            # Odd flag values are read in the safe direction: only a real true verifies, anything
+            # truthy blocks.
+            verified=data.get("verified") is True,
+            blocked=bool(data.get("blocked")),
+            organization_id=organization if isinstance(organization, str) else None,
+            affirmation_date=affirmed if isinstance(affirmed, str) else None,
+        )

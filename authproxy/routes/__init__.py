@@ -1,0 +1,1 @@
+"""HTTP routes: policy that calls the layers below (auth flow, proxying, health)."""

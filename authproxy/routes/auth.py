@@ -1,0 +1,138 @@
+"""The login flow: `/start`, `/callback` and `/sign_in` under the proxy prefix.
+
+The callback works in the order authlib uses — error, then state, then exchange — and every failure
+leaves no half-made session: the session cookie is only set on the final redirect, after CentralAuth
+has vouched for the user and the `[authorization]` rules have admitted them.
+"""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import urlencode
+
+import structlog
+from aiohttp import web
+
+from authproxy import pages
+from authproxy.authorization import denial
+from authproxy.errors import (
+    AccessDenied,
+    AuthproxyError,
+    LoginError,
+    LoginExpired,
+    LoginRejected,
+    SessionRejected,
+)
+from authproxy.logs import fingerprint
+from authproxy.redirect import safe_return_url
+from authproxy.routes.common import end_user_ip, render_error, request_id, user_agent
+from authproxy.runtime import RUNTIME, Runtime
+from authproxy.session.model import Session
+from authproxy.transaction import TTL, LoginTransaction
+
+log = structlog.get_logger("authproxy.login")
+
+# Sent with the redirect to CentralAuth so its checkReferrer sees our origin, and nothing more (§6.7).
+MAX_RETURN_URL = 2048
+REFERRER_POLICY = {"Referrer-Policy": "strict-origin-when-cross-origin"}
+
+
+def start_url(runtime: Runtime, return_to: str) -> str:
+    return f"{runtime.prefix}/start?{urlencode({'rd': return_to})}"
+
+
+async def start(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    target = request.query.get("rd") or request.query.get("return_to")
+    now = runtime.clock()
+    return_to = safe_return_url(target, runtime.redirects)
+    if len(return_to) > MAX_RETURN_URL:
+        # The transaction cookie must fit in 4 KB; an over-long deep link is not worth a failed login.
+        log.info("login.return_url_too_long", length=len(return_to))
+        return_to = "/"
+    transaction = LoginTransaction.new(return_to, now)
+    query = urlencode(
+        {
+            "client_id": runtime.config.centralauth.client_id,
+            "redirect_uri": runtime.callback_url,
+            "response_type": "code",
+            "state": transaction.state,
+            "code_challenge": transaction.challenge,
+            "code_challenge_method": "S256",
+        }
+    )
+    response = web.Response(
+        status=302, headers={"Location": f"{runtime.login_url}?{query}", **REFERRER_POLICY, **pages.MARKER}
+    )
+    for name in runtime.transactions.surplus(request.cookies, now):
+        response.del_cookie(name, path=runtime.prefix)
+    response.set_cookie(
+        runtime.transactions.name(transaction.state),
+        runtime.transactions.seal(transaction),
+        max_age=int(TTL),
+        path=runtime.prefix,
+        secure=runtime.cookie.secure,
+        httponly=True,
+        # Lax whatever the session cookie uses: the callback is a top-level navigation from CentralAuth.
+        samesite="Lax",
+    )
+    return response
+
+
+async def callback(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    state = request.query.get("state")
+    try:
+        response = await _complete_login(request, runtime, state)
+    except AuthproxyError as exc:
+        response = render_error(request, exc)
+        detail = getattr(exc, "error_code", getattr(exc, "rule", None))
+        log.info("login.failure", reason=exc.code, detail=detail, request_id=request_id(request))
+    # Single use, success or not: the transaction cookie is gone after the first callback.
+    if state is not None and runtime.transactions.name(state) in request.cookies:
+        response.del_cookie(runtime.transactions.name(state), path=runtime.prefix)
+    return response
+
+
+async def _complete_login(request: web.Request, runtime: Runtime, state: str | None) -> web.Response:
+    query = request.query
+    if "error" in query:
+        # CentralAuth's error_description is attacker-controllable (W11): only the code is kept, for logs.
+        raise LoginRejected(query.get("error", "")[:64])
+    now = runtime.clock()
+    transaction = runtime.transactions.open(state, request.cookies, now)
+    if transaction is None or not runtime.used_states.consume(transaction.state, now):
+        raise LoginExpired()
+    code = query.get("code")
+    if not code:
+        raise LoginError("callback without code", public="CentralAuth sent no authorization code. Try again.")
+
+    provider = runtime.provider
+    tokens = await provider.verify(code, runtime.callback_url, transaction.verifier)
+    try:
+        user = await provider.userinfo(tokens.access_token, end_user_ip(request), user_agent(request))
+    except SessionRejected as exc:
+        raise LoginRejected(exc.error_code) from None
+    rule = denial(user, runtime.rules)
+    if rule is not None:
+        raise AccessDenied(rule)
+
+    max_age = float(runtime.config.session.max_age)
+    lifetime = min(tokens.expires_in, max_age) if tokens.expires_in is not None else max_age
+    session = Session(tokens.access_token, user.id, user.email, now, now + lifetime)
+    value = await runtime.store.save(session)
+    response = web.Response(status=302, headers={"Location": transaction.return_to, **pages.MARKER})
+    runtime.cookie.set(response, value, max_age=math.floor(lifetime))
+    log.info(
+        "login.success",
+        user=user.id,
+        session=fingerprint(tokens.access_token),
+        request_id=request_id(request),
+    )
+    return response
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    target = safe_return_url(request.query.get("rd") or request.query.get("return_to"), runtime.redirects)
+    return pages.sign_in_page(start_url(runtime, target), request_id(request))

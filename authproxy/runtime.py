@@ -1,0 +1,81 @@
+"""Everything a request handler needs, built once from the config by the composition root (`app.py`).
+
+Handlers reach it through `request.app[RUNTIME]`; nothing here does I/O at construction time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from authproxy.authorization import Rules
+from authproxy.config import Config
+from authproxy.cookies import SessionCookie
+from authproxy.headers import IPNetwork
+from authproxy.paths import RouteRules
+from authproxy.provider.client import CentralAuthClient
+from authproxy.proxy import Router
+from authproxy.redirect import RedirectPolicy
+from authproxy.session.store import SessionStore
+from authproxy.transaction import TTL, TransactionCookies
+
+
+class UsedStates:
+    """States already consumed by a callback in this worker: a replayed callback is refused at once.
+
+    Bounded, and entries outlive the transaction TTL only briefly, so memory stays flat.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._limit = limit
+
+    def consume(self, state: str, now: float) -> bool:
+        """Record `state`; False if it had already been used."""
+        while self._seen and (len(self._seen) >= self._limit or next(iter(self._seen.values())) < now - TTL):
+            self._seen.popitem(last=False)
+        if state in self._seen:
+            return False
+        self._seen[state] = now
+        return True
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: SessionStore
+    cookie: SessionCookie
+    transactions: TransactionCookies
+    redirects: RedirectPolicy
+    rules: Rules
+    routes: RouteRules
+    router: Router
+    trusted_proxies: list[IPNetwork]
+    callback_url: str
+    login_url: str
+    prefix: str
+    clock: Callable[[], float] = time.time
+    used_states: UsedStates = field(default_factory=UsedStates)
+    # Created in the app's cleanup context, once the event loop runs.
+    client_session: aiohttp.ClientSession | None = None
+    centralauth: CentralAuthClient | None = None
+
+    @property
+    def provider(self) -> CentralAuthClient:
+        if self.centralauth is None:
+            raise RuntimeError("the CentralAuth client is created when the application starts")
+        return self.centralauth
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self.client_session is None:
+            raise RuntimeError("the upstream client session is created when the application starts")
+        return self.client_session
+
+
+RUNTIME = web.AppKey("runtime", Runtime)

@@ -1,0 +1,87 @@
+"""The login transaction: state, PKCE verifier and return URL, sealed into a cookie named after its state.
+
+One cookie per pending login means several tabs can sign in at once without clobbering each other's
+verifier (the official library's single `code_verifier` cookie does, W2). The cookie's path is the proxy
+prefix, so it never rides along on application requests; it lives ten minutes and is used once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from authproxy.session.seal import Sealer
+
+TTL = 600.0
+MAX_PENDING = 5
+STATE_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 random bytes, base64url without padding
+
+
+@dataclass(frozen=True, slots=True)
+class LoginTransaction:
+    state: str
+    verifier: str
+    return_to: str
+    created_at: float
+
+    @classmethod
+    def new(cls, return_to: str, now: float) -> LoginTransaction:
+        # 256-bit state and a 43-character verifier: the RFC 7636 minimum that the official library misses.
+        return cls(secrets.token_urlsafe(32), secrets.token_urlsafe(32), return_to, now)
+
+    @property
+    def challenge(self) -> str:
+        digest = hashlib.sha256(self.verifier.encode("ascii")).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class TransactionCookies:
+    """Names, seals and opens the per-login cookies of one proxy instance."""
+
+    def __init__(self, sealer: Sealer, cookie_name: str, *, secure: bool) -> None:
+        self._sealer = sealer
+        # __Secure- makes browsers refuse the cookie from plain http or from a script on http pages.
+        self.prefix = f"{'__Secure-' if secure else ''}{cookie_name}_login_"
+
+    def name(self, state: str) -> str:
+        return self.prefix + state
+
+    def seal(self, transaction: LoginTransaction) -> str:
+        payload = json.dumps(asdict(transaction), separators=(",", ":")).encode()
+        return self._sealer.seal(payload, self.name(transaction.state))
+
+    def open(self, state: str | None, cookies: Mapping[str, str], now: float) -> LoginTransaction | None:
+        """The pending transaction for `state`, or None if absent, foreign, tampered or expired."""
+        if state is None or not STATE_RE.fullmatch(state):
+            return None
+        value = cookies.get(self.name(state))
+        plaintext = self._sealer.unseal(value, self.name(state)) if value else None
+        transaction = _parse(plaintext) if plaintext else None
+        if transaction is None or transaction.state != state:
+            return None
+        if not 0 <= now - transaction.created_at <= TTL:
+            return None
+        return transaction
+
+    def surplus(self, cookies: Mapping[str, str], now: float) -> list[str]:
+        """Names of pending-login cookies to delete so that a new one stays within MAX_PENDING."""
+        pending = []
+        for name in cookies:
+            if name.startswith(self.prefix):
+                transaction = self.open(name[len(self.prefix) :], cookies, now)
+                pending.append((transaction.created_at if transaction else float("-inf"), name))
+        pending.sort()
+        keep = MAX_PENDING - 1
+        return [name for _, name in pending[: max(0, len(pending) - keep)]]
+
+
+def _parse(plaintext: bytes) -> LoginTransaction | None:
+    try:
+        return LoginTransaction(**json.loads(plaintext))
+    except (ValueError, TypeError):
+        return None
