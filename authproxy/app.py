@@ -15,7 +15,9 @@ from aiohttp import web
 from authproxy.authorization import Rules
 from authproxy.config import Config, split_host_port
 from authproxy.cookies import SessionCookie
+from authproxy.headers import self_test
 from authproxy.paths import RouteRules
+from authproxy.provider.checker import SessionChecker
 from authproxy.provider.client import CentralAuthClient
 from authproxy.proxy import Router, Upstream, make_client_session
 from authproxy.redirect import RedirectPolicy
@@ -69,6 +71,8 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Run
 
 def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.Application:
     runtime = build_runtime(config, clock)
+    # Refuse to start if a spoofed identity header or a proxy cookie could reach an upstream.
+    self_test(runtime.cookie.name, runtime.transactions.prefix)
     app = web.Application(middlewares=[request_context])
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_client_sessions)
@@ -94,6 +98,12 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
         client_secret=centralauth.client_secret.get_secret_value(),
         public_url=runtime.config.server.public_url,
         timeout=centralauth.timeout,
+    )
+    runtime.session_checker = SessionChecker(
+        runtime.centralauth.userinfo,
+        ttl=centralauth.session_check_ttl,
+        stale_grace=centralauth.stale_grace if centralauth.on_outage == "stale" else 0.0,
+        max_entries=centralauth.cache_max_entries,
     )
     yield
     await http.close()

@@ -183,6 +183,7 @@ class CentralAuthConfig(Section):
     stale_grace: float = Field(60, ge=0, le=86400)
     timeout: Seconds = 5
     logout_session_wide: bool = True
+    cache_max_entries: int = Field(100_000, ge=1, le=10_000_000)
 
     @field_validator("client_id")
     @classmethod

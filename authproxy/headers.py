@@ -7,7 +7,9 @@ so a mistake either locks real users out or lets a thief replay a stolen cookie 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+from multidict import CIMultiDict
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -126,3 +128,51 @@ def strip_cookies(cookie_header: str, own: str, own_prefix: str) -> str:
         if name and name != own and not name.startswith(own_prefix):
             kept.append(pair.strip())
     return "; ".join(kept)
+
+
+def strip_for_upstream(
+    incoming: Iterable[tuple[str, str]], own_cookie: str, own_cookie_prefix: str
+) -> CIMultiDict[str]:
+    """The client's headers as the upstream may see them: no hop-by-hop headers (nor any named in
+    `Connection`), no `Host`, no identity header in any spelling, and no cookie of the proxy's own."""
+    pairs = list(incoming)
+    listed: set[str] = set()
+    for name, value in pairs:
+        if name.lower() == "connection":
+            listed |= connection_tokens(value)
+    out: CIMultiDict[str] = CIMultiDict()
+    cookies: list[str] = []
+    for name, value in pairs:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in listed or lowered == "host" or is_identity_header(name):
+            continue
+        if lowered == "cookie":
+            cookies.append(value)
+            continue
+        out.add(name, value)
+    kept = strip_cookies("; ".join(cookies), own_cookie, own_cookie_prefix)
+    if kept:
+        out["Cookie"] = kept
+    return out
+
+
+def spoofed_identity_headers() -> list[tuple[str, str]]:
+    """Every identity header the proxy sets, in the spellings lenient upstreams fold together."""
+    names = [*sorted(IDENTITY), "x-auth-request-user", "x-auth-request-email", "x-auth-request-access-token"]
+    spoofed: list[tuple[str, str]] = []
+    for name in names:
+        for variant in (name, name.upper(), name.title(), name.replace("-", "_"), name.replace("-", ".")):
+            spoofed.append((variant, "spoofed"))
+    return spoofed
+
+
+def self_test(own_cookie: str, own_cookie_prefix: str) -> None:
+    """Refuse to run if a spoofed identity header or proxy cookie would survive the stripping."""
+    spoofed = [*spoofed_identity_headers(), ("Cookie", f"{own_cookie}=forged; {own_cookie_prefix}x=forged")]
+    survivors = [
+        name
+        for name, value in strip_for_upstream(spoofed, own_cookie, own_cookie_prefix).items()
+        if "spoofed" in value or "forged" in value
+    ]
+    if survivors:
+        raise RuntimeError(f"header stripping self-test failed; would forward {survivors}")

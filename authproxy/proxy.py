@@ -66,18 +66,6 @@ def make_client_session(limit: int = 512) -> aiohttp.ClientSession:
     )
 
 
-def request_headers(incoming: CIMultiDict[str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """Incoming headers minus hop-by-hop ones, those named in `Connection`, and `drop`."""
-    listed = connection_tokens(incoming.get("Connection", ""))
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in listed or lowered in drop or lowered == "host":
-            continue
-        out.add(name, value)
-    return out
-
-
 async def forward(
     http: aiohttp.ClientSession,
     request: web.Request,

@@ -18,6 +18,7 @@ from authproxy.config import Config
 from authproxy.cookies import SessionCookie
 from authproxy.headers import IPNetwork
 from authproxy.paths import RouteRules
+from authproxy.provider.checker import SessionChecker
 from authproxy.provider.client import CentralAuthClient
 from authproxy.proxy import Router
 from authproxy.redirect import RedirectPolicy
@@ -64,12 +65,19 @@ class Runtime:
     # Created in the app's cleanup context, once the event loop runs.
     client_session: aiohttp.ClientSession | None = None
     centralauth: CentralAuthClient | None = None
+    session_checker: SessionChecker | None = None
 
     @property
     def provider(self) -> CentralAuthClient:
         if self.centralauth is None:
             raise RuntimeError("the CentralAuth client is created when the application starts")
         return self.centralauth
+
+    @property
+    def checker(self) -> SessionChecker:
+        if self.session_checker is None:
+            raise RuntimeError("the session checker is created when the application starts")
+        return self.session_checker
 
     @property
     def http(self) -> aiohttp.ClientSession:

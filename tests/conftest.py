@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support.echo import make_echo_app
+from support.harness import Browser, Proxy, start_proxy
 from yarl import URL
 
 from authproxy.devidp import DevIdpSettings, make_app
@@ -284,3 +286,48 @@ async def devidp_factory(aiohttp_server: Any) -> AsyncIterator[DevIdpFactory]:
 @pytest.fixture
 async def devidp(request: pytest.FixtureRequest, devidp_factory: DevIdpFactory) -> DevIdp:
     return await devidp_factory(**getattr(request, "param", {}))
+
+
+# --- the proxy under test -------------------------------------------------------------------------------
+
+ProxyFactory = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+async def echo_url(aiohttp_server: Any) -> str:
+    """A real echo upstream on loopback (see support/echo.py)."""
+    server = await aiohttp_server(make_echo_app())
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def proxy_factory(devidp: DevIdp, echo_url: str) -> AsyncIterator[ProxyFactory]:
+    """Start proxies in front of the echo upstream, talking to `devidp`; overrides are config tables."""
+    started: list[Proxy] = []
+
+    async def start(**overrides: Any) -> Proxy:
+        proxy = await start_proxy(
+            idp_url=devidp.url,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            upstream_url=echo_url,
+            overrides=overrides,
+        )
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        await proxy.stop()
+
+
+@pytest.fixture
+async def proxy(proxy_factory: ProxyFactory) -> Proxy:
+    return await proxy_factory()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    client = Browser()
+    yield client
+    await client.close()

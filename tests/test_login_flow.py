@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 import ada_url
 import pytest
 from aiohttp import ClientSession, CookieJar
-from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp
-from support.echo import make_echo_app, received_headers
+from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ProxyFactory
+from support.echo import received_headers
 from support.harness import BROWSER_UA, Browser, Proxy, start_proxy
 from test_redirect import MAIN, TABLE, oracle_allows
 from yarl import URL
@@ -24,46 +23,6 @@ from yarl import URL
 from authproxy.redirect import RedirectPolicy
 from authproxy.routes.auth import MAX_RETURN_URL
 from authproxy.runtime import RUNTIME
-
-ProxyFactory = Callable[..., Awaitable[Proxy]]
-
-
-@pytest.fixture
-async def echo_url(aiohttp_server: Any) -> str:
-    server = await aiohttp_server(make_echo_app())
-    return str(server.make_url("")).rstrip("/")
-
-
-@pytest.fixture
-async def proxy_factory(devidp: DevIdp, echo_url: str) -> AsyncIterator[ProxyFactory]:
-    started: list[Proxy] = []
-
-    async def start(**overrides: Any) -> Proxy:
-        proxy = await start_proxy(
-            idp_url=devidp.url,
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            upstream_url=echo_url,
-            overrides=overrides,
-        )
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
-        await proxy.stop()
-
-
-@pytest.fixture
-async def proxy(proxy_factory: ProxyFactory) -> Proxy:
-    return await proxy_factory()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    client = Browser()
-    yield client
-    await client.close()
 
 
 def session_cookie(proxy: Proxy) -> str:

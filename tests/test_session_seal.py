@@ -148,3 +148,32 @@ async def test_real_sized_session_fits_a_cookie_and_huge_one_is_refused() -> Non
     assert len(await store.save(make_session(access_token="t" * 1024))) < 2000
     with pytest.raises(SessionTooLarge):
         await store.save(make_session(access_token="t" * 3000))
+
+
+async def test_unsealed_sessions_are_memoized_bounded_and_still_expire() -> None:
+    now = [1_500.0]
+    sealer = Sealer([NEW])
+    store = CookieStore(sealer, "_authproxy", clock=lambda: now[0], memo_size=2)
+    values = [await store.save(make_session(user_id=f"u{i}")) for i in range(3)]
+    calls = []
+    original = sealer.unseal
+
+    def counting(value: str, purpose: str) -> bytes | None:
+        calls.append(value)
+        return original(value, purpose)
+
+    sealer.unseal = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        assert (await store.load(values[0])) is not None
+    assert len(calls) == 1  # decrypted once, then served from the memo
+    for value in values:
+        await store.load(value)
+    assert len(store._memo) == 2
+    assert await store.load(_tamper_text(values[0])) is None
+    assert len(store._memo) == 2  # a bad value is never remembered
+    now[0] = 2_000.0
+    assert await store.load(values[2]) is None  # memoized, but expired all the same
+
+
+def _tamper_text(value: str) -> str:
+    return value[:-2] + ("AA" if value[-2:] != "AA" else "BB")

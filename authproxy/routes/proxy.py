@@ -1,7 +1,7 @@
 """The catch-all route: decide whether a request may pass, then hand it to the forwarder.
 
-Policy lives here (skip-auth and API rules, session check, identity headers); the forwarder below it
-knows nothing of sessions.
+Policy lives here — skip-auth and API rules on the normalized path, the cached session check, the
+`[authorization]` rules, identity headers — while the forwarder below knows nothing of sessions.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from authproxy import pages
+from authproxy import pages, websocket
 from authproxy.authorization import denial
 from authproxy.errors import AccessDenied, SessionRejected
-from authproxy.headers import is_identity_header, strip_cookies
+from authproxy.headers import forwarded_value, strip_for_upstream
 from authproxy.logs import fingerprint
 from authproxy.paths import normalize_path
 from authproxy.provider.user import User
-from authproxy.proxy import forward, request_headers
+from authproxy.proxy import forward
 from authproxy.routes.auth import start_url
 from authproxy.routes.common import end_user_ip, peer_trusted, request_id, user_agent
 from authproxy.runtime import RUNTIME, Runtime
@@ -33,72 +33,77 @@ async def handle(request: web.Request) -> web.StreamResponse:
     query = request.raw_path.partition("?")[2]
     upstream = runtime.router.pick(path)
     if upstream is None:
-        return pages.error_page(
-            404, "Not found", "No application is configured for this path.", request_id(request)
-        )
-    skip = runtime.routes.skip_auth(request.method, request.raw_path)
-    session = None if skip else await _load_session(request, runtime)
+        message = "No application is configured for this path."
+        return pages.error_page(404, "Not found", message, request_id(request))
     user: User | None = None
-    if not skip:
+    session: Session | None = None
+    if not runtime.routes.skip_auth(request.method, request.raw_path):
+        session = await load_session(request, runtime)
         if session is None:
-            return _unauthenticated(request, runtime)
-        try:
-            user = await runtime.provider.userinfo(
-                session.access_token, end_user_ip(request), user_agent(request)
-            )
-        except SessionRejected as exc:
-            log.info(
-                "session.revoked",
-                reason=exc.error_code,
-                session=fingerprint(session.access_token),
-                request_id=request_id(request),
-            )
-            response = _unauthenticated(request, runtime)
+            return unauthenticated(request, runtime)
+        user = await _check(request, runtime, session)
+        if user is None:
+            response = unauthenticated(request, runtime)
             runtime.cookie.clear(response)
             return response
-        rule = denial(user, runtime.rules)
-        if rule is not None:
-            log.info("access.denied", rule=rule, user=user.id, request_id=request_id(request))
-            raise AccessDenied(rule)
     headers = _upstream_headers(request, runtime, user, session)
-    return await forward(runtime.http, request, upstream, headers, f"{path}?{query}" if query else path)
+    target = f"{path}?{query}" if query else path
+    if websocket.is_upgrade(request):
+        url = upstream.url + target
+        return await websocket.bridge(runtime.http, request, url, headers, upstream.timeout)
+    return await forward(runtime.http, request, upstream, headers, target)
 
 
-async def _load_session(request: web.Request, runtime: Runtime) -> Session | None:
+async def load_session(request: web.Request, runtime: Runtime) -> Session | None:
     value = request.cookies.get(runtime.cookie.name)
     return await runtime.store.load(value) if value else None
 
 
-def _unauthenticated(request: web.Request, runtime: Runtime) -> web.Response:
+async def _check(request: web.Request, runtime: Runtime, session: Session) -> User | None:
+    """The user if CentralAuth (or the cache) vouches for the session now; None if it ended it.
+
+    An outage raises CentralAuthUnavailable (a 503, the session kept) unless the stale window covers it.
+    """
+    try:
+        outcome = await runtime.checker.check(session.access_token, end_user_ip(request), user_agent(request))
+    except SessionRejected as exc:
+        log.info(
+            "session.revoked",
+            reason=exc.error_code,
+            session=fingerprint(session.access_token),
+            request_id=request_id(request),
+        )
+        await runtime.store.delete(request.cookies.get(runtime.cookie.name, ""))
+        return None
+    rule = denial(outcome.user, runtime.rules)
+    if rule is not None:
+        log.info("access.denied", rule=rule, user=outcome.user.id, request_id=request_id(request))
+        raise AccessDenied(rule)
+    return outcome.user
+
+
+def unauthenticated(request: web.Request, runtime: Runtime) -> web.Response:
     api = runtime.routes.api(request.method, request.raw_path) or pages.wants_json(
         request.headers.get("Accept", ""), request.headers.get("X-Requested-With", ""), api_route=False
     )
     if api:
         return pages.json_error(401, "unauthorized", "Sign in required.", request_id(request))
-    return web.Response(
-        status=302, headers={"Location": start_url(runtime, request.raw_path), **pages.MARKER}
-    )
+    location = start_url(runtime, request.raw_path)
+    return web.Response(status=302, headers={"Location": location, **pages.MARKER})
 
 
 def _upstream_headers(
     request: web.Request, runtime: Runtime, user: User | None, session: Session | None
 ) -> CIMultiDict[str]:
-    headers = request_headers(CIMultiDict(request.headers), frozenset({"cookie"}))
-    for name in [name for name in headers if is_identity_header(name)]:
-        headers.popall(name)
-    cookie = strip_cookies(
-        request.headers.get("Cookie", ""), runtime.cookie.name, runtime.transactions.prefix
-    )
-    if cookie:
-        headers["Cookie"] = cookie
+    headers = strip_for_upstream(request.headers.items(), runtime.cookie.name, runtime.transactions.prefix)
     trusted = peer_trusted(request)
     headers["X-Forwarded-For"] = end_user_ip(request)
-    headers["X-Forwarded-Proto"] = (
-        request.headers.get("X-Forwarded-Proto", "").rsplit(",", 1)[-1].strip() if trusted else ""
-    ) or request.scheme
-    headers["X-Forwarded-Host"] = (
-        request.headers.get("X-Forwarded-Host", "").rsplit(",", 1)[-1].strip() if trusted else ""
-    ) or request.host
+    headers["X-Forwarded-Proto"] = forwarded_value(request.headers.get("X-Forwarded-Proto"), trusted) or (
+        request.scheme
+    )
+    headers["X-Forwarded-Host"] = forwarded_value(request.headers.get("X-Forwarded-Host"), trusted) or (
+        request.host
+    )
     headers["X-Request-Id"] = request_id(request)
     if user is not None and session is not None:
         headers["X-Forwarded-User"] = user.id

@@ -7,6 +7,7 @@ the cookie itself (here) or in Redis behind a random id is the store's business.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -32,10 +33,19 @@ class SessionStore(Protocol):
 class CookieStore:
     """The session is the cookie: sealed with AEAD, bound to the cookie's name, nothing kept server-side."""
 
-    def __init__(self, sealer: Sealer, cookie_name: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        sealer: Sealer,
+        cookie_name: str,
+        clock: Callable[[], float] = time.time,
+        memo_size: int = 10_000,
+    ) -> None:
         self._sealer = sealer
         self._purpose = f"session:{cookie_name}"
         self._clock = clock
+        # Unsealing costs an AES-GCM pass per request; a browser sends the same value every time.
+        self._memo: OrderedDict[str, Session] = OrderedDict()
+        self._memo_size = memo_size
 
     async def save(self, session: Session) -> str:
         value = self._sealer.seal(session.to_bytes(), self._purpose)
@@ -44,14 +54,19 @@ class CookieStore:
         return value
 
     async def load(self, value: str) -> Session | None:
-        plaintext = self._sealer.unseal(value, self._purpose)
-        if plaintext is None:
-            return None
-        session = Session.from_bytes(plaintext)
-        if session is None or session.expired(self._clock()):
-            return None
-        return session
+        session = self._memo.get(value)
+        if session is None:
+            plaintext = self._sealer.unseal(value, self._purpose)
+            session = Session.from_bytes(plaintext) if plaintext is not None else None
+            if session is None:
+                return None
+            self._memo[value] = session
+            if len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+        else:
+            self._memo.move_to_end(value)
+        return None if session.expired(self._clock()) else session
 
     async def delete(self, value: str) -> None:
-        # Nothing is kept server-side; clearing the browser's cookie is the whole job.
-        return None
+        # Nothing is kept server-side; clearing the browser's cookie is the rest of the job.
+        self._memo.pop(value, None)

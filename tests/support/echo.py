@@ -8,6 +8,8 @@ import json
 
 from aiohttp import WSMsgType, web
 
+LAST_CLOSE = web.AppKey("last_close", dict)
+
 
 async def echo(request: web.Request) -> web.Response:
     body = await request.read()
@@ -34,7 +36,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     if request.query.get("chunked") != "1":
         response.content_length = size
     await response.prepare(request)
-    sent = 0
+    sent = size if request.method == "HEAD" else 0
     while sent < size:
         part = chunk[: min(len(chunk), size - sent)]
         await response.write(part)
@@ -80,11 +82,17 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             await ws.send_bytes(message.data)
         elif message.type == WSMsgType.PING:
             await ws.pong(message.data)
+    request.app[LAST_CLOSE]["code"] = ws.close_code
     return ws
+
+
+async def last_close(request: web.Request) -> web.Response:
+    return web.json_response({"code": request.app[LAST_CLOSE].get("code")})
 
 
 def make_echo_app() -> web.Application:
     app = web.Application(client_max_size=1024**3)
+    app[LAST_CLOSE] = {}
     app.router.add_get("/_set_cookie", set_cookie)
     app.router.add_get("/_download", download)
     app.router.add_post("/_upload", upload)
@@ -92,6 +100,7 @@ def make_echo_app() -> web.Application:
     app.router.add_get("/_slow", slow)
     app.router.add_get("/_status/{code}", status)
     app.router.add_get("/_ws", websocket)
+    app.router.add_get("/_ws_last_close", last_close)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 

@@ -1,0 +1,195 @@
+"""The per-request session check against the real fake CentralAuth: caching, coalescing, revocation,
+hijack protection and outages (fail-closed and stale)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import ClientSession
+from conftest import DevIdp, ProxyFactory
+from support.echo import received_headers
+from support.harness import BROWSER_UA, Browser, Proxy
+from yarl import URL
+
+from authproxy.runtime import RUNTIME
+
+API = {"Accept": "application/json"}
+
+
+async def userinfo_calls(devidp: DevIdp) -> int:
+    return (await devidp.stats())["userinfo"]
+
+
+async def signed_in_without_landing(proxy: Proxy, browser: Browser, email: str = "ada@example.com") -> None:
+    """Log in but stop at the callback's redirect, so no proxied request has been checked yet."""
+    async with browser.http.get(f"{proxy.url}/oauth2/start?rd=/landing") as response:
+        form = response.url
+    async with browser.http.post(form, data={"email": email}, allow_redirects=False) as response:
+        callback = response.headers["Location"]
+    async with browser.http.get(callback, allow_redirects=False) as response:
+        assert response.status == 302 and response.headers["Location"] == "/landing"
+
+
+async def get(browser: Browser, url: str, **kwargs: object) -> tuple[int, str]:
+    async with browser.http.get(url, allow_redirects=False, **kwargs) as response:  # type: ignore[arg-type]
+        return response.status, await response.text()
+
+
+async def test_a_burst_of_30_requests_costs_one_userinfo_call(
+    proxy: Proxy, browser: Browser, devidp: DevIdp
+) -> None:
+    await signed_in_without_landing(proxy, browser)
+    before = await userinfo_calls(devidp)
+    results = await asyncio.gather(*(get(browser, f"{proxy.url}/asset/{i}.js") for i in range(30)))
+    assert [status for status, _ in results] == [200] * 30
+    assert await userinfo_calls(devidp) - before == 1
+    # Steady state within the TTL: no more calls at all.
+    for i in range(10):
+        assert (await get(browser, f"{proxy.url}/again/{i}"))[0] == 200
+    assert await userinfo_calls(devidp) - before == 1
+
+
+async def test_userinfo_carries_the_end_users_ip_and_agent(
+    proxy: Proxy, browser: Browser, devidp: DevIdp
+) -> None:
+    await signed_in_without_landing(proxy, browser)
+    await devidp.call("DELETE", "/_devidp/requests")
+    assert (await get(browser, f"{proxy.url}/x"))[0] == 200
+    (call,) = [r for r in await devidp.recorded() if r["path"] == "/api/v1/userinfo"]
+    headers = {name.lower(): value for name, value in dict(call["headers"]).items()}
+    assert headers["auth-ip"] == "127.0.0.1"
+    assert headers["user-agent"] == BROWSER_UA
+    assert headers["content-type"] == "text/plain"
+    assert call["query"] == {"domain": proxy.url}  # the origin of public_url
+    assert call["body"].count(".") == 4
+
+
+@pytest.fixture
+async def short_ttl_proxy(proxy_factory: ProxyFactory) -> Proxy:
+    return await proxy_factory(centralauth={"session_check_ttl": 0.5})
+
+
+async def test_central_logout_takes_effect_within_the_ttl(
+    short_ttl_proxy: Proxy, browser: Browser, devidp: DevIdp
+) -> None:
+    proxy = short_ttl_proxy
+    await browser.login(f"{proxy.url}/", "ada@example.com")
+    await devidp.end_sessions("ada@example.com")
+    status, _ = await get(browser, f"{proxy.url}/still-cached")
+    assert status == 200  # inside the TTL the cached answer stands
+    await asyncio.sleep(0.6)
+    async with browser.http.get(f"{proxy.url}/after", allow_redirects=False) as response:
+        assert response.status == 302
+        assert URL(response.headers["Location"]).path == "/oauth2/start"
+        cleared = [c for c in response.headers.getall("Set-Cookie") if c.startswith("_authproxy=")]
+        assert cleared and "Max-Age=0" in cleared[0]
+    async with browser.http.get(f"{proxy.url}/after", headers=API) as response:
+        assert response.status == 401
+
+
+async def test_blocking_at_centralauth_takes_effect_within_the_ttl(
+    short_ttl_proxy: Proxy, browser: Browser, devidp: DevIdp
+) -> None:
+    await browser.login(f"{short_ttl_proxy.url}/", "ada@example.com")
+    await devidp.patch_user("ada@example.com", blocked=True)
+    await asyncio.sleep(0.6)
+    status, body = await get(browser, f"{short_ttl_proxy.url}/x", headers={"Accept": "text/html"})
+    assert status == 403 and "not allowed" in body
+
+
+async def test_stolen_cookie_from_another_agent_is_rechecked_and_refused(
+    proxy: Proxy, browser: Browser, devidp: DevIdp
+) -> None:
+    await browser.login(f"{proxy.url}/", "victim@example.com")
+    name = proxy.app[RUNTIME].cookie.name
+    stolen = browser.cookie(name)
+    before = await userinfo_calls(devidp)
+    async with ClientSession(headers={"User-Agent": "curl/8.0", **API}) as thief:
+        async with thief.get(f"{proxy.url}/x", headers={"Cookie": f"{name}={stolen}"}) as response:
+            assert response.status == 401
+    assert await userinfo_calls(devidp) - before == 1  # not served from the victim's cache entry
+    # CentralAuth ended the whole session on the mismatch: the victim is signed out too.
+    status, _ = await get(browser, f"{proxy.url}/y", headers=API)
+    assert status == 401
+
+
+async def test_stolen_cookie_from_another_ip_is_refused(proxy_factory: ProxyFactory, devidp: DevIdp) -> None:
+    proxy = await proxy_factory(server={"trusted_proxies": ["127.0.0.1/32"]})
+    victim = Browser(ip="198.51.100.7")  # seen as this IP by the fake (trusted XFF) and by the proxy
+    try:
+        status, _, _ = await victim.login(f"{proxy.url}/", "victim@example.com")
+        assert status == 200
+        name = proxy.app[RUNTIME].cookie.name
+        stolen = victim.cookie(name)
+        headers = {
+            "Cookie": f"{name}={stolen}",
+            "User-Agent": BROWSER_UA,
+            "X-Forwarded-For": "203.0.113.66",
+            **API,
+        }
+        async with ClientSession() as thief, thief.get(f"{proxy.url}/x", headers=headers) as response:
+            assert response.status == 401
+    finally:
+        await victim.close()
+
+
+@pytest.mark.parametrize("fault", [503, 429, 500, 0])
+async def test_fail_closed_outage_is_a_503_that_keeps_the_session(
+    proxy: Proxy, browser: Browser, devidp: DevIdp, fault: int
+) -> None:
+    await signed_in_without_landing(proxy, browser)
+    await devidp.fault("userinfo", status=fault, count=1)
+    status, body = await get(browser, f"{proxy.url}/x", headers={"Accept": "text/html"})
+    assert status == 503 and "not answering" in body
+    # The session survived the outage: the next request, with CentralAuth back, passes.
+    status, body = await get(browser, f"{proxy.url}/x")
+    assert status == 200 and received_headers(json.loads(body))["x-forwarded-email"] == "ada@example.com"
+
+
+async def test_stale_mode_reuses_the_last_good_answer(
+    proxy_factory: ProxyFactory, browser: Browser, devidp: DevIdp
+) -> None:
+    proxy = await proxy_factory(
+        centralauth={"session_check_ttl": 0.3, "on_outage": "stale", "stale_grace": 60}
+    )
+    await browser.login(f"{proxy.url}/", "ada@example.com")
+    await asyncio.sleep(0.35)
+    await devidp.fault("userinfo", status=503, count=5)
+    for _ in range(3):
+        status, body = await get(browser, f"{proxy.url}/during-outage")
+        assert status == 200
+        assert received_headers(json.loads(body))["x-forwarded-email"] == "ada@example.com"
+
+
+async def test_stale_mode_without_a_previous_answer_fails_closed(
+    proxy_factory: ProxyFactory, browser: Browser, devidp: DevIdp
+) -> None:
+    proxy = await proxy_factory(centralauth={"on_outage": "stale", "stale_grace": 60})
+    await signed_in_without_landing(proxy, browser)
+    await devidp.fault("userinfo", status=503, count=1)
+    assert (await get(browser, f"{proxy.url}/x"))[0] == 503
+
+
+async def test_stale_window_ends(proxy_factory: ProxyFactory, browser: Browser, devidp: DevIdp) -> None:
+    proxy = await proxy_factory(
+        centralauth={"session_check_ttl": 0.2, "on_outage": "stale", "stale_grace": 0.2}
+    )
+    await browser.login(f"{proxy.url}/", "ada@example.com")
+    await asyncio.sleep(0.5)
+    await devidp.fault("userinfo", status=503, count=1)
+    assert (await get(browser, f"{proxy.url}/x"))[0] == 503
+
+
+async def test_the_check_cache_is_bounded(proxy_factory: ProxyFactory, devidp: DevIdp) -> None:
+    proxy = await proxy_factory(centralauth={"cache_max_entries": 3})
+    browsers = [Browser(user_agent=f"{BROWSER_UA} #{i}") for i in range(6)]
+    try:
+        for i, browser in enumerate(browsers):
+            status, _, _ = await browser.login(f"{proxy.url}/", f"user{i}@example.com")
+            assert status == 200
+        assert len(proxy.app[RUNTIME].checker) == 3
+    finally:
+        for browser in browsers:
+            await browser.close()
