@@ -56,7 +56,9 @@ class Router:
 
 
 def make_client_session(limit: int = 512) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, keepalive_timeout=30, use_dns_cache=True)
+    # Idle upstream connections are dropped after 15 s, below the usual server-side keep-alive
+    # (nginx and aiohttp 75 s); a shorter upstream timeout is covered by the retry in `forward`.
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, keepalive_timeout=15, use_dns_cache=True)
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -77,6 +79,8 @@ async def forward(
     if upstream.preserve_host and request.host:
         headers["Host"] = request.host
     body = request.content if request.body_exists else None
+    # A pooled connection the upstream closed while idle fails on first use; aiohttp itself resends
+    # idempotent requests once on a fresh connection (RFC 9112 §9.3.1), which a test pins down.
     try:
         upstream_response = await http.request(
             request.method,

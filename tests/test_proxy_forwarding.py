@@ -250,3 +250,33 @@ async def test_websocket_to_a_dead_upstream_is_a_502(proxy_factory: ProxyFactory
         with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
             await http.ws_connect(f"{proxy.url}/_ws")
     assert caught.value.status == 502
+
+
+async def test_stale_pooled_connection_is_retried_for_idempotent_requests(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """An upstream that silently closes idle keep-alive connections must not cost a user a 502."""
+    served = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        served.append(1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+        await writer.drain()
+        # The next request on this connection meets an upstream that has just timed it out: closed
+        # without an answer, the race every keep-alive pool loses now and then.
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await proxy_factory(routes={"skip_auth": ["^/"]}, upstreams=[{"url": f"http://127.0.0.1:{port}"}])
+    try:
+        async with ClientSession() as http:
+            for _ in range(3):
+                async with http.get(proxy.url + "/x") as response:
+                    assert response.status == 200 and await response.text() == "ok"
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(served) == 3
