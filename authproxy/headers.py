@@ -100,6 +100,19 @@ IDENTITY = frozenset(
         "forwarded",
         "auth-ip",
         "device-id",
+        # Client-IP headers some CDNs set; an app reading them must not get a client-chosen value.
+        "true-client-ip",
+        "x-client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
+        # Route and method overrides some frameworks honour; they would sidestep `[routes]` rules.
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        # httpoxy (CVE-2016-5385): CGI upstreams turn `Proxy` into the HTTP_PROXY variable.
+        "proxy",
     }
 )
 IDENTITY_PREFIXES = ("x-auth-request-",)
@@ -117,7 +130,7 @@ def is_identity_header(name: str) -> bool:
 
 def connection_tokens(value: str) -> set[str]:
     """Header names listed in a `Connection` header (RFC 9110 §7.6.1), lower-cased."""
-    return {token.strip().lower() for token in value.split(",") if token.strip()}
+    return {canonical_name(token) for token in value.split(",") if token.strip()}
 
 
 def strip_cookies(cookie_header: str, own: str, own_prefix: str) -> str:
@@ -143,7 +156,7 @@ def strip_for_upstream(
     out: CIMultiDict[str] = CIMultiDict()
     cookies: list[str] = []
     for name, value in pairs:
-        lowered = name.lower()
+        lowered = canonical_name(name)
         if lowered in HOP_BY_HOP or lowered in listed or lowered == "host" or is_identity_header(name):
             continue
         if lowered == "cookie":

@@ -15,13 +15,17 @@ from dataclasses import dataclass
 
 from authproxy.config import parse_route_rule
 
-_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# A "%" that starts no escape is itself encoded, so decoding can never assemble a new escape ("%%32e").
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})?")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-# Escapes that some upstream stacks decode before routing; a path carrying them is never public.
-_AMBIGUOUS = re.compile(r"%(2F|5C|00)|\\", re.IGNORECASE)
+# Escapes that some upstream stacks decode before routing (once or twice); a path carrying them, or a
+# Tomcat/Jetty-style `..;` dot segment with parameters, is never public.
+_AMBIGUOUS = re.compile(r"%(2F|5C|00)|%25(2F|5C|00|2E)|\\|(^|/)\.{1,2};", re.IGNORECASE)
 
 
 def _unescape(match: re.Match[str]) -> str:
+    if match.group(1) is None:
+        return "%25"
     char = chr(int(match.group(1), 16))
     return char if char in _UNRESERVED else f"%{match.group(1).upper()}"
 

@@ -16,6 +16,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from authproxy.errors import UpstreamTimeout, UpstreamUnavailable
 from authproxy.headers import HOP_BY_HOP, connection_tokens
@@ -84,7 +85,9 @@ async def forward(
     try:
         upstream_response = await http.request(
             request.method,
-            upstream.url + path_qs,
+            # encoded=True: send the normalized path byte for byte; re-quoting could decode an escape
+            # and change what the upstream routes from what the rules judged.
+            URL(upstream.url + path_qs, encoded=True),
             headers=headers,
             data=body,
             allow_redirects=False,

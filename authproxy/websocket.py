@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
+from yarl import URL
 
 from authproxy.errors import UpstreamTimeout, UpstreamUnavailable
 
@@ -39,7 +40,7 @@ async def bridge(
         # Bound the handshake only: an idle websocket may legitimately stay open for hours.
         async with asyncio.timeout(limit):
             upstream = await http.ws_connect(
-                url,
+                URL(url, encoded=True),
                 headers=outgoing,
                 protocols=protocols,
                 autoclose=False,

@@ -280,3 +280,31 @@ async def test_stale_pooled_connection_is_retried_for_idempotent_requests(
         server.close()
         await server.wait_closed()
     assert len(served) == 3
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/public/%%32e%%32e/admin",
+        "/public/..;/admin",
+        "/public/%2e%2e/admin",
+        "/public/..%2fadmin",
+        "//admin",
+    ],
+)
+async def test_public_rules_cannot_be_dressed_up(proxy_factory: ProxyFactory, raw: str) -> None:
+    """Whatever a request classified public reaches, it is under /public/ as the upstream sees it."""
+    proxy = await proxy_factory(routes={"skip_auth": ["^/public/"]})
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET {raw} HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nConnection: close\r\n\r\n".encode()
+    )
+    response = await reader.read()
+    writer.close()
+    status = int(response.split(b" ", 2)[1])
+    if status == 200:
+        echoed = json.loads(response.split(b"\r\n\r\n", 1)[1])
+        assert echoed["path"].startswith("/public/"), echoed["path"]
+    else:
+        assert status == 401  # treated as protected: sign-in required
