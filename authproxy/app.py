@@ -12,16 +12,20 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
+from authproxy.access_log import AccessLogger
 from authproxy.authorization import Rules
 from authproxy.config import Config, split_host_port
 from authproxy.cookies import SessionCookie
+from authproxy.errors import CentralAuthUnavailable, SessionRejected
 from authproxy.headers import self_test
+from authproxy.metrics import Metrics
 from authproxy.paths import RouteRules
-from authproxy.provider.checker import SessionChecker
+from authproxy.provider.checker import Fetch, SessionChecker
 from authproxy.provider.client import CentralAuthClient
+from authproxy.provider.user import User
 from authproxy.proxy import Router, Upstream, make_client_session
 from authproxy.redirect import RedirectPolicy
-from authproxy.routes import auth, health, proxy
+from authproxy.routes import auth, forward_auth, health, proxy, signout
 from authproxy.routes.common import request_context
 from authproxy.runtime import RUNTIME, Runtime
 from authproxy.session.seal import Sealer
@@ -46,6 +50,7 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Run
     return Runtime(
         config=config,
         store=CookieStore(sealer, cookie.name, clock),
+        sealer=sealer,
         cookie=cookie,
         transactions=TransactionCookies(sealer, session.cookie_name, secure=session.cookie_secure),
         redirects=RedirectPolicy(
@@ -61,6 +66,7 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Run
         ),
         routes=RouteRules.from_config(config.routes.skip_auth, config.routes.api),
         router=Router([Upstream(u.path, u.url, u.preserve_host, u.timeout) for u in config.upstreams]),
+        metrics=Metrics(),
         trusted_proxies=list(config.server.trusted_proxies),
         callback_url=f"{config.server.public_url}{prefix}/callback",
         login_url=f"{config.centralauth.base_url}/login",
@@ -76,12 +82,18 @@ def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.App
     app = web.Application(middlewares=[request_context])
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_client_sessions)
+    app.cleanup_ctx.append(_metrics_listener)
     prefix = runtime.prefix
-    app.router.add_get("/ping", health.ping)
-    app.router.add_get(f"{prefix}/start", auth.start)
-    app.router.add_get(f"{prefix}/callback", auth.callback)
-    app.router.add_get(f"{prefix}/sign_in", auth.sign_in)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_get("/ping", health.ping, name="health")
+    app.router.add_get("/ready", health.ready, name="ready")
+    app.router.add_get(f"{prefix}/start", auth.start, name="login")
+    app.router.add_get(f"{prefix}/callback", auth.callback, name="callback")
+    app.router.add_get(f"{prefix}/sign_in", auth.sign_in, name="sign_in")
+    app.router.add_route("GET", f"{prefix}/sign_out", signout.sign_out, name="sign_out")
+    app.router.add_route("POST", f"{prefix}/sign_out", signout.sign_out, name="sign_out_post")
+    app.router.add_get(f"{prefix}/auth", forward_auth.auth, name="forward_auth")
+    app.router.add_get(f"{prefix}/userinfo", forward_auth.userinfo, name="userinfo")
+    app.router.add_route("*", "/{tail:.*}", proxy.handle, name="proxy")
     return app
 
 
@@ -99,17 +111,57 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
         public_url=runtime.config.server.public_url,
         timeout=centralauth.timeout,
     )
+    runtime.userinfo = _counted(runtime.centralauth, runtime.metrics)
     runtime.session_checker = SessionChecker(
-        runtime.centralauth.userinfo,
+        runtime.userinfo,
         ttl=centralauth.session_check_ttl,
         stale_grace=centralauth.stale_grace if centralauth.on_outage == "stale" else 0.0,
         max_entries=centralauth.cache_max_entries,
     )
+    runtime.metrics.track_cache_size(lambda: len(runtime.checker))
     yield
     await http.close()
+
+
+def _counted(client: CentralAuthClient, metrics: Metrics) -> Fetch:
+    """userinfo, counting each call by outcome."""
+
+    async def fetch(token: str, client_ip: str, user_agent: str) -> User:
+        try:
+            user = await client.userinfo(token, client_ip, user_agent)
+        except SessionRejected:
+            metrics.userinfo_calls.labels("rejected").inc()
+            raise
+        except CentralAuthUnavailable:
+            metrics.userinfo_calls.labels("unavailable").inc()
+            raise
+        metrics.userinfo_calls.labels("ok").inc()
+        return user
+
+    return fetch
+
+
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """Serve /metrics on its own address, so it is never reachable through the proxied port."""
+    runtime = app[RUNTIME]
+    listen = runtime.config.server.metrics_listen
+    if not listen:
+        yield
+        return
+    host, port = split_host_port(listen)
+    runner = web.AppRunner(runtime.metrics.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    yield
+    await runner.cleanup()
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The runner every entry point uses: our access logger, which also feeds the request metrics."""
+    return web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
 
 
 def serve(config: Config) -> None:
     host, port = split_host_port(config.server.listen)
     log.info("serve.start", listen=config.server.listen, public_url=config.server.public_url)
-    web.run_app(build_app(config), host=host, port=port, print=None, access_log=None)
+    web.run_app(build_app(config), host=host, port=port, print=None, access_log_class=AccessLogger)

@@ -29,7 +29,9 @@ def configure(fmt: str = "json", level: str = "info") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        # Only events (not access lines) go through structlog, so the lookup per call costs little and
+        # a reconfiguration (hot reload, tests) reaches every module's logger.
+        cache_logger_on_first_use=False,
     )
 
 

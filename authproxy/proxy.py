@@ -9,7 +9,8 @@ upstream cookies to the next).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -75,8 +76,13 @@ async def forward(
     upstream: Upstream,
     headers: CIMultiDict[str],
     path_qs: str,
+    on_headers: Callable[[float], None] | None = None,
 ) -> web.StreamResponse:
-    """Send the request upstream with `headers` and stream the answer back to the client."""
+    """Send the request upstream with `headers` and stream the answer back to the client.
+
+    `on_headers` receives the seconds the upstream took to send its response headers.
+    """
+    started = time.perf_counter()
     if upstream.preserve_host and request.host:
         headers["Host"] = request.host
     body = request.content if request.body_exists else None
@@ -97,6 +103,8 @@ async def forward(
         raise UpstreamTimeout() from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamUnavailable() from exc
+    if on_headers is not None:
+        on_headers(time.perf_counter() - started)
     async with upstream_response:
         return await _relay(request, upstream_response)
 

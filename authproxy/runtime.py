@@ -17,11 +17,13 @@ from authproxy.authorization import Rules
 from authproxy.config import Config
 from authproxy.cookies import SessionCookie
 from authproxy.headers import IPNetwork
+from authproxy.metrics import Metrics
 from authproxy.paths import RouteRules
-from authproxy.provider.checker import SessionChecker
+from authproxy.provider.checker import Fetch, SessionChecker
 from authproxy.provider.client import CentralAuthClient
 from authproxy.proxy import Router
 from authproxy.redirect import RedirectPolicy
+from authproxy.session.seal import Sealer
 from authproxy.session.store import SessionStore
 from authproxy.transaction import TTL, TransactionCookies
 
@@ -50,22 +52,27 @@ class UsedStates:
 class Runtime:
     config: Config
     store: SessionStore
+    sealer: Sealer
     cookie: SessionCookie
     transactions: TransactionCookies
     redirects: RedirectPolicy
     rules: Rules
     routes: RouteRules
     router: Router
+    metrics: Metrics
     trusted_proxies: list[IPNetwork]
     callback_url: str
     login_url: str
     prefix: str
     clock: Callable[[], float] = time.time
     used_states: UsedStates = field(default_factory=UsedStates)
+    probe_cache: dict[str, tuple[float, str]] = field(default_factory=dict)
     # Created in the app's cleanup context, once the event loop runs.
     client_session: aiohttp.ClientSession | None = None
     centralauth: CentralAuthClient | None = None
     session_checker: SessionChecker | None = None
+    # userinfo with its calls counted by outcome; the checker and the login callback both use it.
+    userinfo: Fetch | None = None
 
     @property
     def provider(self) -> CentralAuthClient:

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import structlog
 from aiohttp import web
 
-from authproxy import pages
+from authproxy import audit, pages
 from authproxy.authorization import denial
 from authproxy.errors import (
     AccessDenied,
@@ -32,8 +32,8 @@ from authproxy.transaction import TTL, LoginTransaction
 
 log = structlog.get_logger("authproxy.login")
 
-# Sent with the redirect to CentralAuth so its checkReferrer sees our origin, and nothing more (§6.7).
 MAX_RETURN_URL = 2048
+# Sent with the redirect to CentralAuth so its checkReferrer sees our origin, and nothing more (§6.7).
 REFERRER_POLICY = {"Referrer-Policy": "strict-origin-when-cross-origin"}
 
 
@@ -87,7 +87,8 @@ async def callback(request: web.Request) -> web.Response:
     except AuthproxyError as exc:
         response = render_error(request, exc)
         detail = getattr(exc, "error_code", getattr(exc, "rule", None))
-        log.info("login.failure", reason=exc.code, detail=detail, request_id=request_id(request))
+        audit.event("login.failure", request_id(request), reason=exc.code, detail=detail)
+        runtime.metrics.logins.labels(exc.code).inc()
     # Single use, success or not: the transaction cookie is gone after the first callback.
     if state is not None and runtime.transactions.name(state) in request.cookies:
         response.del_cookie(runtime.transactions.name(state), path=runtime.prefix)
@@ -110,7 +111,8 @@ async def _complete_login(request: web.Request, runtime: Runtime, state: str | N
     provider = runtime.provider
     tokens = await provider.verify(code, runtime.callback_url, transaction.verifier)
     try:
-        user = await provider.userinfo(tokens.access_token, end_user_ip(request), user_agent(request))
+        userinfo = runtime.userinfo or provider.userinfo
+        user = await userinfo(tokens.access_token, end_user_ip(request), user_agent(request))
     except SessionRejected as exc:
         raise LoginRejected(exc.error_code) from None
     rule = denial(user, runtime.rules)
@@ -123,12 +125,8 @@ async def _complete_login(request: web.Request, runtime: Runtime, state: str | N
     value = await runtime.store.save(session)
     response = web.Response(status=302, headers={"Location": transaction.return_to, **pages.MARKER})
     runtime.cookie.set(response, value, max_age=math.floor(lifetime))
-    log.info(
-        "login.success",
-        user=user.id,
-        session=fingerprint(tokens.access_token),
-        request_id=request_id(request),
-    )
+    audit.event("login.success", request_id(request), user=user.id, session=fingerprint(tokens.access_token))
+    runtime.metrics.logins.labels("success").inc()
     return response
 
 

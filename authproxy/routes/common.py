@@ -51,10 +51,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     trusted = incoming and _REQUEST_ID_RE.fullmatch(incoming) and peer_trusted(request)
     rid = incoming if trusted else secrets.token_hex(12)
     request[REQUEST_ID] = rid
+    in_flight = request.app[RUNTIME].metrics.in_flight
+    in_flight.inc()
     try:
         response = await handler(request)
     except AuthproxyError as exc:
         response = render_error(request, exc)
+    finally:
+        in_flight.dec()
     if not response.prepared:
         response.headers.setdefault("X-Request-Id", rid)
     return response

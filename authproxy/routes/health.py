@@ -1,10 +1,48 @@
-"""Liveness and readiness endpoints."""
+"""Liveness (`/ping`) and readiness (`/ready`).
+
+Readiness fails only when the proxy itself cannot work (no configuration); a CentralAuth that does not
+answer is reported as "degraded" in the body without failing the probe, so a blip at the identity
+provider does not pull every replica out of the load balancer at once. The probe of CentralAuth is
+cached for a few seconds so that frequent readiness checks do not become load on it.
+"""
 
 from __future__ import annotations
 
+import time
+
+import aiohttp
 from aiohttp import web
+
+from authproxy.runtime import RUNTIME, Runtime
+
+PROBE_CACHE = 5.0
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2)
 
 
 async def ping(request: web.Request) -> web.Response:
     """Liveness: the process answers; no I/O."""
     return web.Response(text="OK")
+
+
+async def ready(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    checks = {"config": "ok", "centralauth": await _centralauth(runtime)}
+    degraded = [name for name, state in checks.items() if state != "ok"]
+    lines = [f"{name}: {state}" for name, state in checks.items()]
+    headline = "degraded: " + ", ".join(degraded) if degraded else "ready"
+    return web.Response(text="\n".join([headline, *lines]) + "\n", headers={"Cache-Control": "no-store"})
+
+
+async def _centralauth(runtime: Runtime) -> str:
+    now = time.monotonic()
+    cached = runtime.probe_cache.get("centralauth")
+    if cached is not None and now - cached[0] < PROBE_CACHE:
+        return cached[1]
+    url = f"{runtime.config.centralauth.base_url}/.well-known/openid-configuration"
+    try:
+        async with runtime.http.get(url, timeout=PROBE_TIMEOUT, allow_redirects=False) as response:
+            state = "ok" if response.status < 500 and response.status != 429 else f"http {response.status}"
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        state = f"unreachable ({type(exc).__name__})"
+    runtime.probe_cache["centralauth"] = (now, state)
+    return state

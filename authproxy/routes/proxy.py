@@ -6,11 +6,10 @@ Policy lives here — skip-auth and API rules on the normalized path, the cached
 
 from __future__ import annotations
 
-import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from authproxy import pages, websocket
+from authproxy import audit, pages, websocket
 from authproxy.authorization import denial
 from authproxy.errors import AccessDenied, SessionRejected
 from authproxy.headers import forwarded_value, strip_for_upstream
@@ -22,8 +21,6 @@ from authproxy.routes.auth import start_url
 from authproxy.routes.common import end_user_ip, peer_trusted, request_id, user_agent
 from authproxy.runtime import RUNTIME, Runtime
 from authproxy.session.model import Session
-
-log = structlog.get_logger("authproxy")
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -41,7 +38,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         session = await load_session(request, runtime)
         if session is None:
             return unauthenticated(request, runtime)
-        user = await _check(request, runtime, session)
+        user = await check_session(request, runtime, session)
         if user is None:
             response = unauthenticated(request, runtime)
             runtime.cookie.clear(response)
@@ -51,7 +48,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if websocket.is_upgrade(request):
         url = upstream.url + target
         return await websocket.bridge(runtime.http, request, url, headers, upstream.timeout)
-    return await forward(runtime.http, request, upstream, headers, target)
+    return await forward(
+        runtime.http, request, upstream, headers, target, runtime.metrics.upstream_latency.observe
+    )
 
 
 async def load_session(request: web.Request, runtime: Runtime) -> Session | None:
@@ -59,7 +58,7 @@ async def load_session(request: web.Request, runtime: Runtime) -> Session | None
     return await runtime.store.load(value) if value else None
 
 
-async def _check(request: web.Request, runtime: Runtime, session: Session) -> User | None:
+async def check_session(request: web.Request, runtime: Runtime, session: Session) -> User | None:
     """The user if CentralAuth (or the cache) vouches for the session now; None if it ended it.
 
     An outage raises CentralAuthUnavailable (a 503, the session kept) unless the stale window covers it.
@@ -67,17 +66,19 @@ async def _check(request: web.Request, runtime: Runtime, session: Session) -> Us
     try:
         outcome = await runtime.checker.check(session.access_token, end_user_ip(request), user_agent(request))
     except SessionRejected as exc:
-        log.info(
+        runtime.metrics.revoked.inc()
+        audit.event(
             "session.revoked",
+            request_id(request),
             reason=exc.error_code,
             session=fingerprint(session.access_token),
-            request_id=request_id(request),
         )
         await runtime.store.delete(request.cookies.get(runtime.cookie.name, ""))
         return None
+    runtime.metrics.session_checks.labels(outcome.source).inc()
     rule = denial(outcome.user, runtime.rules)
     if rule is not None:
-        log.info("access.denied", rule=rule, user=outcome.user.id, request_id=request_id(request))
+        audit.event("access.denied", request_id(request), rule=rule, user=outcome.user.id)
         raise AccessDenied(rule)
     return outcome.user
 

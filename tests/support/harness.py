@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from authproxy.app import build_app
+from authproxy.app import build_app, make_runner
 from authproxy.config import Config
 
 COOKIE_SECRET = "test-cookie-secret-0123456789abcdefghijklmnop"
@@ -77,7 +77,7 @@ async def start_proxy(
     }
     config = Config(**deep_merge(base, overrides or {}))
     app = build_app(config, clock=clock)
-    runner = web.AppRunner(app, access_log=None)
+    runner = make_runner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return Proxy(f"http://127.0.0.1:{port}", config, app, runner)
