@@ -423,3 +423,18 @@ async def test_secure_cookie_attributes(proxy_factory: ProxyFactory) -> None:
 async def test_cookie_domain_drops_the_host_prefix(proxy_factory: ProxyFactory) -> None:
     proxy = await proxy_factory(session={"cookie_secure": True, "cookie_domain": ".example.com"})
     assert session_cookie(proxy) == "_authproxy"
+
+
+async def test_start_takes_the_return_url_from_x_auth_request_redirect(
+    proxy: Proxy, browser: Browser
+) -> None:
+    headers = {"X-Auth-Request-Redirect": "/reports?year=2024&q=x"}
+    async with browser.http.get(f"{proxy.url}/oauth2/start", headers=headers) as response:
+        form = response.url
+    async with browser.http.post(form, data={"email": "ada@example.com"}) as response:
+        assert response.url.path == "/reports" and response.url.query_string == "year=2024&q=x"
+    headers = {"X-Auth-Request-Redirect": "https://evil.example/"}
+    async with browser.http.get(f"{proxy.url}/oauth2/start", headers=headers) as response:
+        form = response.url
+    async with browser.http.post(form, data={"email": "ada@example.com"}) as response:
+        assert str(response.url) == f"{proxy.url}/"

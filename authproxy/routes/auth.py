@@ -43,7 +43,12 @@ def start_url(runtime: Runtime, return_to: str) -> str:
 
 async def start(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    target = request.query.get("rd") or request.query.get("return_to")
+    # X-Auth-Request-Redirect lets a fronting proxy pass the original URL without having to encode it.
+    target = (
+        request.query.get("rd")
+        or request.query.get("return_to")
+        or request.headers.get("X-Auth-Request-Redirect")
+    )
     now = runtime.clock()
     return_to = safe_return_url(target, runtime.redirects)
     if len(return_to) > MAX_RETURN_URL:

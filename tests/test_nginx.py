@@ -1,0 +1,346 @@
+"""The forward-auth deployment examples: `deploy/nginx/authproxy.conf` in real nginx, and the Traefik files.
+
+nginx runs the example site over TLS on loopback (see support/nginx.py) in front of the echo upstream,
+with `auth_request` against a real authproxy that trusts it (`trusted_proxies = ["127.0.0.1/32"]`,
+`public_url` = the nginx URL, secure cookies as in production) and the fake CentralAuth. The browser
+only ever talks to nginx and to the fake's login form. Traefik cannot run here, so its configuration is
+checked for the wiring that matters, against the headers a running authproxy really answers with.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from aiohttp import ClientResponse
+from conftest import DevIdp, ProxyFactory
+from multidict import CIMultiDictProxy
+from support.echo import received_headers
+from support.harness import Browser, Proxy, deep_merge, free_port
+from support.nginx import Nginx, nginx_binary, site_tls, start_nginx
+from yarl import URL
+
+from authproxy.runtime import RUNTIME
+
+EMAIL = "ada@example.com"
+JSON = {"Accept": "application/json"}
+TRAEFIK = Path(__file__).resolve().parents[1] / "deploy" / "traefik"
+IDENTITY_HEADERS = ["X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Preferred-Username"]
+
+
+@dataclass
+class Site:
+    """The example nginx site in front of the echo app, and the authproxy it asks."""
+
+    url: str
+    proxy: Proxy
+    nginx: Nginx
+
+    @property
+    def cookie_name(self) -> str:
+        return self.proxy.app[RUNTIME].cookie.name
+
+
+@dataclass
+class Answer:
+    status: int
+    url: URL
+    headers: CIMultiDictProxy[str]
+    text: str
+    history: tuple[ClientResponse, ...]
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+SiteFactory = Callable[..., Awaitable[Site]]
+
+
+@pytest.fixture
+async def site_factory(proxy_factory: ProxyFactory, echo_url: str) -> AsyncIterator[SiteFactory]:
+    """Start an authproxy configured for life behind nginx, then nginx; overrides are config tables."""
+    started: list[Nginx] = []
+
+    async def start(**overrides: Any) -> Site:
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        behind_nginx = {
+            "server": {"public_url": url, "trusted_proxies": ["127.0.0.1/32"]},
+            "session": {"cookie_secure": True},
+        }
+        proxy = await proxy_factory(**deep_merge(behind_nginx, overrides))
+        nginx = await start_nginx(https_port=port, authproxy_url=proxy.url, app_url=echo_url)
+        started.append(nginx)
+        return Site(url, proxy, nginx)
+
+    yield start
+    for nginx in started:
+        await nginx.stop()
+
+
+@pytest.fixture
+async def site(site_factory: SiteFactory) -> Site:
+    return await site_factory()
+
+
+async def fetch(
+    browser: Browser,
+    url: str | URL,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    follow: bool = False,
+    **kwargs: Any,
+) -> Answer:
+    """One request from the browser, trusting the test nginx's certificate."""
+    async with browser.http.request(
+        method, url, headers=headers, allow_redirects=follow, ssl=site_tls().client_context, **kwargs
+    ) as response:
+        text = await response.text()
+        return Answer(response.status, response.url, response.headers, text, response.history)
+
+
+async def sign_in(site: Site, browser: Browser, path: str = "/", email: str = EMAIL) -> tuple[Answer, Answer]:
+    """The whole login, only through nginx: the app page, the fake CentralAuth's form, back to the page.
+
+    Returns the answer that showed the form and the one the form's submission ended on.
+    """
+    form = await fetch(browser, site.url + path, follow=True)
+    assert form.url.path == "/login" and 'name="email"' in form.text, (form.status, form.url, form.text[:300])
+    landed = await fetch(browser, form.url, method="POST", data={"email": email}, follow=True)
+    return form, landed
+
+
+def echoed(answer: Answer) -> tuple[str, dict[str, str]]:
+    """What the echo app behind nginx received: its request path and headers (names lower-cased)."""
+    assert answer.status == 200 and answer.headers.get("X-Upstream") == "echo", (answer.status, answer.text)
+    payload = answer.json()
+    return payload["path"], received_headers(payload)
+
+
+def test_nginx_is_installed_with_auth_request() -> None:
+    """Without nginx every test below fails too (never skips); this one says so first, and plainly."""
+    version = subprocess.run([nginx_binary(), "-V"], capture_output=True, text=True, check=True).stderr
+    assert "--with-http_auth_request_module" in version, f"this nginx cannot run the example:\n{version}"
+
+
+# --- signed out ------------------------------------------------------------------------------------------
+
+
+async def test_signed_out_browser_is_sent_to_sign_in(site: Site, browser: Browser) -> None:
+    answer = await fetch(browser, f"{site.url}/reports?year=2024")
+    assert answer.status == 302
+    assert answer.headers["Location"] == "/oauth2/start?rd=/reports?year=2024"
+
+    start = await fetch(browser, site.url + answer.headers["Location"])
+    assert start.status == 302 and start.headers["X-Authproxy"] == "1"  # nginx proxied it to authproxy
+    login = URL(start.headers["Location"])
+    assert login.path == "/login"
+    assert login.query["redirect_uri"] == f"{site.url}/oauth2/callback"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [JSON, {"X-Requested-With": "XMLHttpRequest"}, {"Accept": "*/*"}],
+    ids=["accept-json", "x-requested-with", "accept-any"],
+)
+async def test_signed_out_programs_get_401(site: Site, browser: Browser, headers: dict[str, str]) -> None:
+    answer = await fetch(browser, f"{site.url}/api/items", headers=headers)
+    assert answer.status == 401
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json()["error"] == "unauthorized"
+
+
+async def test_the_auth_endpoint_is_not_public(site: Site, browser: Browser) -> None:
+    assert (await fetch(browser, f"{site.url}/oauth2/auth", headers=JSON)).status == 404
+
+
+# --- signed in -------------------------------------------------------------------------------------------
+
+
+async def test_login_through_nginx_reaches_the_app_with_identity(
+    site: Site, browser: Browser, devidp: DevIdp
+) -> None:
+    form, landed = await sign_in(site, browser, "/reports?year=2024")
+    # Every hop of the flow that is not the fake CentralAuth went through nginx.
+    page, start = form.history
+    assert str(page.url) == f"{site.url}/reports?year=2024"
+    assert start.url.path == "/oauth2/start" and str(start.url.origin()) == site.url
+    to_callback, callback = landed.history
+    assert str(to_callback.url.origin()) == devidp.url  # the form was posted to the fake CentralAuth
+    assert str(callback.url).startswith(f"{site.url}/oauth2/callback?")
+    assert str(landed.url) == f"{site.url}/reports?year=2024"
+    assert "GET /oauth2/callback?" in site.nginx.log("access.log")
+
+    path, headers = echoed(landed)
+    assert path == "/reports?year=2024"
+    whoami = await fetch(browser, f"{site.url}/oauth2/userinfo", headers=JSON)
+    assert whoami.status == 200
+    assert headers["x-forwarded-user"] == whoami.json()["user"] != EMAIL  # CentralAuth's user id
+    assert headers["x-forwarded-email"] == headers["x-forwarded-preferred-username"] == EMAIL
+    assert headers["x-forwarded-proto"] == "https"
+    assert headers["x-real-ip"] == "127.0.0.1"
+    for name in ("x-forwarded-access-token", "x-forwarded-groups", "x-auth-request-user"):
+        assert name not in headers
+    assert browser.cookie(site.cookie_name) and site.cookie_name.startswith("__Host-")
+
+
+@pytest.mark.parametrize(
+    ("asked", "landed_on"),
+    [
+        (
+            "//evil.example/x",
+            "/",
+        ),  # nginx passes $request_uri as is; authproxy refuses a protocol-relative rd
+        ("/x?a=1&rd=https://evil.example/", "/x?a=1"),  # an unencoded "&" ends rd; the first rd wins
+    ],
+)
+async def test_the_return_trip_never_leaves_the_site(
+    site: Site, browser: Browser, asked: str, landed_on: str
+) -> None:
+    _, landed = await sign_in(site, browser, asked)
+    assert str(landed.url) == site.url + landed_on
+    echoed(landed)
+
+
+async def test_client_sent_identity_never_reaches_the_app(site: Site, browser: Browser) -> None:
+    forged = [
+        ("X-Forwarded-Email", "forged@evil.example"),
+        ("X-Forwarded-Email", "forged-again@evil.example"),
+        ("x-forwarded-user", "forged-user"),
+        ("X-FORWARDED-PREFERRED-USERNAME", "forged@evil.example"),
+        ("X-Forwarded-Groups", "forged-admins"),
+        ("X-Forwarded-Access-Token", "forged-token"),
+        ("X-Auth-Request-User", "forged-user"),
+        ("X-Auth-Request-Email", "forged@evil.example"),
+        ("X_Forwarded_Email", "forged@evil.example"),
+        ("X.Forwarded.User", "forged-user"),
+    ]
+    signed_out = await fetch(browser, f"{site.url}/reports", headers=forged)
+    assert signed_out.status == 302 and signed_out.headers["Location"].startswith("/oauth2/start?")
+
+    await sign_in(site, browser)
+    _, headers = echoed(await fetch(browser, f"{site.url}/reports", headers=forged))
+    leaked = {name: value for name, value in headers.items() if "forged" in value}
+    assert not leaked, f"client-sent identity reached the app: {leaked}"
+    assert headers["x-forwarded-email"] == EMAIL
+    assert headers["x-forwarded-user"] and headers["x-forwarded-user"] != "forged-user"
+
+
+async def test_websockets_pass_through_after_the_check(site: Site, browser: Browser) -> None:
+    await sign_in(site, browser)
+    ws_url = site.url.replace("https://", "wss://") + "/_ws"
+    async with browser.http.ws_connect(ws_url, ssl=site_tls().client_context) as ws:
+        await ws.send_str("hello through nginx")
+        assert await ws.receive_str(timeout=5) == "hello through nginx"
+
+
+async def test_skip_auth_routes_follow_the_original_request(
+    site_factory: SiteFactory, browser: Browser
+) -> None:
+    site = await site_factory(routes={"skip_auth": ["GET ^/public/"]})
+
+    public = await fetch(browser, f"{site.url}/public/page", headers={"X-Forwarded-User": "forged-user"})
+    path, headers = echoed(public)
+    assert path == "/public/page"
+    assert not [name for name in headers if name.startswith(("x-forwarded-user", "x-forwarded-email"))]
+
+    # The rule says GET: nginx passes the real method, so a POST to the same path needs a session.
+    assert (await fetch(browser, f"{site.url}/public/page", method="POST", headers=JSON)).status == 401
+    # nginx writes X-Forwarded-Uri/-Method itself: a client cannot name a public path for a private one.
+    lie = {**JSON, "X-Forwarded-Uri": "/public/page", "X-Forwarded-Method": "GET"}
+    assert (await fetch(browser, f"{site.url}/private", headers=lie)).status == 401
+    # authproxy judges the normalized path, the one the app will resolve.
+    escaped = URL(f"{site.url}/public/%2e%2e/private", encoded=True)
+    assert (await fetch(browser, escaped, headers=JSON)).status == 401
+
+
+async def test_sign_out_through_nginx_ends_the_session(site: Site, browser: Browser, devidp: DevIdp) -> None:
+    await sign_in(site, browser)
+    session = browser.cookie(site.cookie_name)
+    assert session
+
+    # A sign-out link on another site (no same-origin evidence) only gets a confirmation page.
+    confirm = await fetch(browser, f"{site.url}/oauth2/sign_out?rd=/goodbye")
+    assert confirm.status == 200 and "Do you want to sign out?" in confirm.text
+    echoed(await fetch(browser, f"{site.url}/reports"))
+
+    signed_out = await fetch(
+        browser, f"{site.url}/oauth2/sign_out?rd=/goodbye", headers={"Sec-Fetch-Site": "same-origin"}
+    )
+    assert signed_out.status == 302 and signed_out.headers["Location"] == "/goodbye"
+    assert browser.cookie(site.cookie_name) is None
+    assert (await devidp.stats())["logout"] == 1
+
+    again = await fetch(browser, f"{site.url}/reports")
+    assert again.status == 302 and again.headers["Location"] == "/oauth2/start?rd=/reports"
+    # The old cookie, kept by a thief or a stale tab, names a session CentralAuth has ended.
+    replayed = await fetch(
+        browser, f"{site.url}/reports", headers={"Cookie": f"{site.cookie_name}={session}"}
+    )
+    assert replayed.status == 302 and replayed.headers["Location"].startswith("/oauth2/start?")
+
+
+# --- Traefik ---------------------------------------------------------------------------------------------
+
+
+def traefik(name: str) -> dict[str, Any]:
+    return tomllib.loads((TRAEFIK / name).read_text())
+
+
+def test_traefik_forward_auth_asks_authproxy() -> None:
+    http = traefik("dynamic.toml")["http"]
+    routers, middlewares, services = http["routers"], http["middlewares"], http["services"]
+
+    auth = middlewares["authproxy-auth"]["forwardAuth"]
+    address = urlsplit(auth["address"])
+    assert address.path == "/oauth2/auth"
+    assert auth["trustForwardHeader"] is True
+    assert auth["authResponseHeaders"] == IDENTITY_HEADERS
+    authproxy_urls = {
+        urlsplit(server["url"]).netloc for server in services["authproxy"]["loadBalancer"]["servers"]
+    }
+    assert authproxy_urls == {address.netloc}
+
+    # authproxy's own pages need no session; the app is guarded, outermost middleware first.
+    assert "PathPrefix(`/oauth2/`)" in routers["authproxy"]["rule"]
+    assert routers["authproxy"]["service"] == "authproxy" and "middlewares" not in routers["authproxy"]
+    assert routers["app"]["middlewares"] == [
+        "authproxy-strip-identity",
+        "authproxy-sign-in",
+        "authproxy-auth",
+    ]
+    sign_in_page = middlewares["authproxy-sign-in"]["errors"]
+    assert sign_in_page == {"status": ["401"], "service": "authproxy", "query": "/oauth2/sign_in?rd={url}"}
+    stripped = middlewares["authproxy-strip-identity"]["headers"]["customRequestHeaders"]
+    assert stripped["X-Forwarded-User"] == stripped["X-Forwarded-Email"] == ""
+
+    for router in routers.values():
+        assert router["service"] in services
+        assert all(name in middlewares for name in router.get("middlewares", []))
+
+
+def test_traefik_static_config_loads_the_dynamic_file_and_keeps_forwarded_headers_honest() -> None:
+    static = traefik("traefik.toml")
+    assert Path(static["providers"]["file"]["filename"]).name == "dynamic.toml"
+    for name, entry_point in static["entryPoints"].items():
+        assert entry_point.get("forwardedHeaders", {}).get("insecure") is not True, name
+
+
+async def test_traefik_passes_on_every_identity_header_authproxy_answers(
+    proxy: Proxy, browser: Browser
+) -> None:
+    status, _, _ = await browser.login(f"{proxy.url}/", EMAIL)
+    assert status == 200
+    async with browser.http.get(f"{proxy.url}/oauth2/auth") as response:
+        assert response.status == 202
+        answered = {name.lower() for name in response.headers if name.lower().startswith("x-auth-request-")}
+    listed = traefik("dynamic.toml")["http"]["middlewares"]["authproxy-auth"]["forwardAuth"]
+    assert answered == {name.lower() for name in listed["authResponseHeaders"]}
