@@ -35,7 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     # Only listed here for --help: its options belong to the fake and are parsed by it (see main()).
     commands.add_parser("devidp", help="run the fake CentralAuth server (devidp --help for options)")
 
-    commands.add_parser("demo", help="run a fake CentralAuth, a whoami app and the proxy on localhost")
+    demo = commands.add_parser("demo", help="run a fake CentralAuth, a whoami app and the proxy on localhost")
+    demo.add_argument("--port", type=int, default=4180, help="proxy port (default 4180)")
+    demo.add_argument("--idp-port", type=int, default=9000, help="fake CentralAuth port (default 9000)")
+    demo.add_argument("--app-port", type=int, default=8080, help="whoami app port (default 8080)")
     commands.add_parser("gen-secret", help="print a fresh cookie secret")
     return parser
 
@@ -71,9 +74,21 @@ def serve(path: str) -> int:
     return EXIT_OK
 
 
-def not_yet(command: str) -> int:
-    print(f"authproxy {command}: not implemented yet", file=sys.stderr)
-    return EXIT_FAILURE
+def demo(port: int, idp_port: int, app_port: int) -> int:
+    import asyncio
+
+    from authproxy import logs
+    from authproxy.demo.run import run_forever
+
+    logs.configure("console", "info")
+    try:
+        asyncio.run(run_forever(port, idp_port, app_port))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as exc:
+        print(f"authproxy demo: {exc.strerror} (is another demo running? try --port)", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,4 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return gen_secret()
     if args.command == "serve":
         return serve(args.config)
-    return not_yet(args.command)
+    if args.command == "demo":
+        return demo(args.port, args.idp_port, args.app_port)
+    return EXIT_FAILURE
