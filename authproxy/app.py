@@ -19,6 +19,7 @@ from authproxy.cookies import SessionCookie
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
 from authproxy.headers import self_test
 from authproxy.metrics import Metrics
+from authproxy.pages import Branding
 from authproxy.paths import RouteRules
 from authproxy.provider.checker import Fetch, SessionChecker
 from authproxy.provider.client import CentralAuthClient
@@ -67,6 +68,7 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Run
         routes=RouteRules.from_config(config.routes.skip_auth, config.routes.api),
         router=Router([Upstream(u.path, u.url, u.preserve_host, u.timeout) for u in config.upstreams]),
         metrics=Metrics(),
+        branding=Branding(config.branding.title, config.branding.logo_url, config.branding.footer),
         trusted_proxies=list(config.server.trusted_proxies),
         callback_url=f"{config.server.public_url}{prefix}/callback",
         login_url=f"{config.centralauth.base_url}/login",

@@ -278,6 +278,19 @@ class HeadersConfig(Section):
     pass_access_token: bool = False
 
 
+def _logo(value: str) -> str:
+    on_site = value.startswith("/") and not value.startswith("//")
+    if value and not (on_site or value.startswith(("https://", "http://", "data:image/"))):
+        raise ValueError("must be an http(s) URL, a path on this site, or a data:image/ URL")
+    return value
+
+
+class BrandingConfig(Section):
+    title: str = Field("Sign-in", min_length=1, max_length=80)
+    logo_url: Annotated[str, AfterValidator(_logo)] = ""
+    footer: str = Field("", max_length=300)
+
+
 class LoggingConfig(Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -309,6 +322,7 @@ class Config(BaseSettings):
     redirects: RedirectsConfig = RedirectsConfig()
     headers: HeadersConfig = HeadersConfig()
     logging: LoggingConfig = LoggingConfig()
+    branding: BrandingConfig = BrandingConfig()
 
     @classmethod
     def settings_customise_sources(

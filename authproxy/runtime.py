@@ -18,6 +18,7 @@ from authproxy.config import Config
 from authproxy.cookies import SessionCookie
 from authproxy.headers import IPNetwork
 from authproxy.metrics import Metrics
+from authproxy.pages import Branding
 from authproxy.paths import RouteRules
 from authproxy.provider.checker import Fetch, SessionChecker
 from authproxy.provider.client import CentralAuthClient
@@ -59,6 +60,7 @@ class Runtime:
     rules: Rules
     routes: RouteRules
     router: Router
+    branding: Branding
     metrics: Metrics
     trusted_proxies: list[IPNetwork]
     callback_url: str

@@ -223,3 +223,9 @@ def test_listen_port_must_be_ascii_digits(tmp_path: Path) -> None:
     text = VALID.replace("[server]", '[server]\nlisten = "0.0.0.0:\u0664\u0661\u0668\u0660"')
     with pytest.raises(ConfigError, match=r"server\.listen: expected host:port"):
         load(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("logo", ["javascript:alert(1)", "//evil.example/x.png", "logo.png"])
+def test_branding_logo_must_be_a_url_or_a_path(tmp_path: Path, logo: str) -> None:
+    with pytest.raises(ConfigError, match=r"branding\.logo_url: "):
+        load(write(tmp_path, VALID + f'\n[branding]\nlogo_url = "{logo}"\n'))

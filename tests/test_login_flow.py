@@ -438,3 +438,21 @@ async def test_start_takes_the_return_url_from_x_auth_request_redirect(
         form = response.url
     async with browser.http.post(form, data={"email": "ada@example.com"}) as response:
         assert str(response.url) == f"{proxy.url}/"
+
+
+async def test_pages_carry_the_configured_branding(proxy_factory: ProxyFactory) -> None:
+    proxy = await proxy_factory(
+        branding={
+            "title": "Acme <Intranet>",
+            "logo_url": "/static/logo.svg",
+            "footer": "Help: it@acme.example",
+        }
+    )
+    async with ClientSession() as http:
+        for path in ("/oauth2/sign_in", "/oauth2/callback"):
+            async with http.get(proxy.url + path, headers={"Accept": "text/html"}) as response:
+                page = await response.text()
+            assert "Acme &lt;Intranet&gt;" in page and "<Intranet>" not in page
+            assert '<img src="/static/logo.svg"' in page
+            assert "Help: it@acme.example" in page
+            assert 'name="viewport"' in page

@@ -138,4 +138,4 @@ async def _complete_login(request: web.Request, runtime: Runtime, state: str | N
 async def sign_in(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     target = safe_return_url(request.query.get("rd") or request.query.get("return_to"), runtime.redirects)
-    return pages.sign_in_page(start_url(runtime, target), request_id(request))
+    return pages.sign_in_page(start_url(runtime, target), request_id(request), runtime.branding)

@@ -71,7 +71,9 @@ def render_error(request: web.Request, exc: AuthproxyError) -> web.Response:
         return pages.json_error(exc.status, exc.code, exc.public, rid)
     runtime = request.app[RUNTIME]
     retry = f"{runtime.prefix}/start" if isinstance(exc, LoginError) or exc.status == 401 else None
-    return pages.error_page(exc.status, _title(exc), exc.public, rid, retry_url=retry)
+    return pages.error_page(
+        exc.status, _title(exc), exc.public, rid, retry_url=retry, branding=runtime.branding
+    )
 
 
 def _title(exc: AuthproxyError) -> str:

@@ -31,7 +31,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     upstream = runtime.router.pick(path)
     if upstream is None:
         message = "No application is configured for this path."
-        return pages.error_page(404, "Not found", message, request_id(request))
+        return pages.error_page(404, "Not found", message, request_id(request), branding=runtime.branding)
     user: User | None = None
     session: Session | None = None
     if not runtime.routes.skip_auth(request.method, request.raw_path):

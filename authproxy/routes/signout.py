@@ -48,7 +48,9 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
         token = form.get("csrf")
         if not isinstance(token, str) or not csrf.valid(runtime.sealer, token, cookie_value, runtime.clock()):
             message = "This sign-out request did not come from this site. Nothing was changed."
-            return pages.error_page(403, "Sign-out refused", message, request_id(request))
+            return pages.error_page(
+                403, "Sign-out refused", message, request_id(request), branding=runtime.branding
+            )
     elif form is None and not evidence:
         return _confirmation(request, runtime, target, cookie_value)
     return await _sign_out(request, runtime, target, cookie_value)
@@ -72,7 +74,7 @@ def _confirmation(request: web.Request, runtime: Runtime, target: str, cookie_va
         f'<input type="hidden" name="rd" value="{escape(target)}">'
         '<button type="submit">Sign out</button></form>'
     )
-    return pages.html_page("Sign out", body, request_id=request_id(request))
+    return pages.html_page("Sign out", body, request_id=request_id(request), branding=runtime.branding)
 
 
 async def _sign_out(request: web.Request, runtime: Runtime, target: str, cookie_value: str) -> web.Response:
@@ -96,6 +98,7 @@ async def _sign_out(request: web.Request, runtime: Runtime, target: str, cookie_
             f'<p>{escape(message)}</p><p><a class="button" href="{escape(target)}">Continue</a></p>',
             status=200,
             request_id=rid,
+            branding=runtime.branding,
         )
     else:
         response = web.Response(status=302, headers={"Location": target, **pages.MARKER})
