@@ -5,6 +5,8 @@ Nothing else constructs long-lived objects; tests build the same application wit
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
@@ -29,8 +31,10 @@ from authproxy.redirect import RedirectPolicy
 from authproxy.routes import auth, forward_auth, health, proxy, signout
 from authproxy.routes.common import request_context
 from authproxy.runtime import RUNTIME, Runtime
+from authproxy.session.redis import RedisStore, listen_for_revocations
+from authproxy.session.redis import make_client as make_redis_client
 from authproxy.session.seal import Sealer
-from authproxy.session.store import CookieStore
+from authproxy.session.store import CookieStore, SessionStore
 from authproxy.transaction import TransactionCookies
 
 log = structlog.get_logger("authproxy")
@@ -48,9 +52,14 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Run
     )
     public = urlsplit(config.server.public_url)
     prefix = config.server.proxy_prefix
+    store: SessionStore
+    if session.store == "redis":
+        store = RedisStore(make_redis_client(session.redis_url), sealer, cookie.name, clock)
+    else:
+        store = CookieStore(sealer, cookie.name, clock)
     return Runtime(
         config=config,
-        store=CookieStore(sealer, cookie.name, clock),
+        store=store,
         sealer=sealer,
         cookie=cookie,
         transactions=TransactionCookies(sealer, session.cookie_name, secure=session.cookie_secure),
@@ -121,8 +130,25 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
         max_entries=centralauth.cache_max_entries,
     )
     runtime.metrics.track_cache_size(lambda: len(runtime.checker))
+    listener = None
+    if isinstance(runtime.store, RedisStore):
+        checker = runtime.checker
+        listener = asyncio.ensure_future(
+            listen_for_revocations(runtime.store.client, lambda digest: _evict_hex(checker, digest))
+        )
     yield
+    if listener is not None:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+    if isinstance(runtime.store, RedisStore):
+        await runtime.store.client.aclose()
     await http.close()
+
+
+def _evict_hex(checker: SessionChecker, digest: str) -> None:
+    with contextlib.suppress(ValueError):
+        checker.evict_digest(bytes.fromhex(digest))
 
 
 def _counted(client: CentralAuthClient, metrics: Metrics) -> Fetch:

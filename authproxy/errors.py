@@ -109,3 +109,11 @@ class UpstreamTimeout(AuthproxyError):
     code = "upstream_timeout"
     status = 504
     message = "The application behind this proxy took too long to answer."
+
+
+class SessionStoreUnavailable(AuthproxyError):
+    """The session store (Redis) did not answer; the session is kept and the request answered 503."""
+
+    code = "session_store_unavailable"
+    status = 503
+    message = "The session store is unavailable right now. Please try again in a moment."

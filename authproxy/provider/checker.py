@@ -83,8 +83,12 @@ class SessionChecker:
             return Outcome(stale, "stale")
 
     def evict(self, token: str) -> None:
-        """Forget every cached answer for `token` (sign-out, revocation seen elsewhere)."""
-        for key in self._by_token.pop(_digest(token), set()):
+        """Forget every cached answer for `token` (sign-out, revocation)."""
+        self.evict_digest(_digest(token))
+
+    def evict_digest(self, digest: bytes) -> None:
+        """Forget every cached answer for the token with this SHA-256 (a revocation seen elsewhere)."""
+        for key in self._by_token.pop(digest, set()):
             self._entries.pop(key, None)
 
     def _finished(self, key: Key, task: asyncio.Future[User]) -> None:

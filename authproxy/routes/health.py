@@ -1,7 +1,8 @@
 """Liveness (`/ping`) and readiness (`/ready`).
 
-Readiness fails only when the proxy itself cannot work (no configuration); a CentralAuth that does not
-answer is reported as "degraded" in the body without failing the probe, so a blip at the identity
+Readiness fails only when the proxy itself cannot work (no configuration, or its Redis session store
+unreachable); a CentralAuth that does not answer is reported as "degraded" in the body without failing
+the probe, so a blip at the identity
 provider does not pull every replica out of the load balancer at once. The probe of CentralAuth is
 cached for a few seconds so that frequent readiness checks do not become load on it.
 """
@@ -14,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from authproxy.runtime import RUNTIME, Runtime
+from authproxy.session.redis import RedisStore
 
 PROBE_CACHE = 5.0
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2)
@@ -27,10 +29,16 @@ async def ping(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     checks = {"config": "ok", "centralauth": await _centralauth(runtime)}
+    if isinstance(runtime.store, RedisStore):
+        checks["redis"] = "ok" if await runtime.store.ping() else "unreachable"
     degraded = [name for name, state in checks.items() if state != "ok"]
     lines = [f"{name}: {state}" for name, state in checks.items()]
     headline = "degraded: " + ", ".join(degraded) if degraded else "ready"
-    return web.Response(text="\n".join([headline, *lines]) + "\n", headers={"Cache-Control": "no-store"})
+    # Without its session store a replica cannot serve anyone; without CentralAuth it still serves
+    # cached and stale sessions, so only the store fails the probe.
+    status = 503 if checks.get("redis", "ok") != "ok" else 200
+    body = "\n".join([headline, *lines]) + "\n"
+    return web.Response(text=body, status=status, headers={"Cache-Control": "no-store"})
 
 
 async def _centralauth(runtime: Runtime) -> str:

@@ -74,6 +74,7 @@ async def check_session(request: web.Request, runtime: Runtime, session: Session
             session=fingerprint(session.access_token),
         )
         await runtime.store.delete(request.cookies.get(runtime.cookie.name, ""))
+        await runtime.store.revoked(session.access_token)
         return None
     runtime.metrics.session_checks.labels(outcome.source).inc()
     rule = denial(outcome.user, runtime.rules)

@@ -84,6 +84,7 @@ async def _sign_out(request: web.Request, runtime: Runtime, target: str, cookie_
     if session is not None:
         runtime.checker.evict(session.access_token)
         await runtime.store.delete(cookie_value)
+        await runtime.store.revoked(session.access_token)
         if runtime.config.centralauth.logout_session_wide:
             outcome = await _central_logout(runtime, session.access_token, rid)
     audit.event("logout", rid, outcome=outcome, user=session.user_id if session else None)

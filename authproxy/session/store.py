@@ -29,6 +29,9 @@ class SessionStore(Protocol):
     async def delete(self, value: str) -> None:
         """Forget the session a cookie value stands for."""
 
+    async def revoked(self, token: str) -> None:
+        """Tell every other replica that this session's token is dead (a no-op for one process)."""
+
 
 class CookieStore:
     """The session is the cookie: sealed with AEAD, bound to the cookie's name, nothing kept server-side."""
@@ -70,3 +73,7 @@ class CookieStore:
     async def delete(self, value: str) -> None:
         # Nothing is kept server-side; clearing the browser's cookie is the rest of the job.
         self._memo.pop(value, None)
+
+    async def revoked(self, token: str) -> None:
+        # Cookie sessions are not shared between replicas; their caches expire by TTL.
+        return None

@@ -1,0 +1,141 @@
+"""The Redis session store: any replica can serve a session, and revoking it kills it everywhere at once.
+
+The browser's cookie holds only a random session id and a per-session key, sealed like any cookie.
+Redis holds the session encrypted with that per-session key under a hash of the id, so a Redis dump
+alone reveals neither tokens nor cookie values. The record expires with the session.
+
+Revocations (sign-out, or CentralAuth refusing the session) are also published on a channel, so every
+replica drops its cached session-check answer for that token immediately instead of after its TTL.
+Redis being unreachable is `SessionStoreUnavailable` (a 503): never a crash, never a logout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.exceptions import RedisError
+
+from authproxy.errors import SessionStoreUnavailable, SessionTooLarge
+from authproxy.session.model import Session
+from authproxy.session.seal import Sealer
+from authproxy.session.store import MAX_COOKIE_VALUE
+
+log = structlog.get_logger("authproxy.session")
+
+T = TypeVar("T")
+KEY_PREFIX = "authproxy:session:"
+CHANNEL = "authproxy:revoked"
+_ID_BYTES = 32
+_KEY_BYTES = 32
+
+
+def token_digest(token: str) -> str:
+    """What replicas tell each other about a revoked token: its SHA-256, never the token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class RedisStore:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        sealer: Sealer,
+        cookie_name: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self._sealer = sealer
+        self._purpose = f"session-ref:{cookie_name}"
+        self._clock = clock
+
+    async def save(self, session: Session) -> str:
+        session_id, key = os.urandom(_ID_BYTES), AESGCM.generate_key(bit_length=8 * _KEY_BYTES)
+        nonce = os.urandom(12)
+        record = nonce + AESGCM(key).encrypt(nonce, session.to_bytes(), session_id)
+        ttl = max(1, int(session.expires_at - self._clock()))
+        value = self._sealer.seal(session_id + key, self._purpose)
+        if len(value) > MAX_COOKIE_VALUE:
+            raise SessionTooLarge("sealed session reference does not fit a cookie")
+        await self._call(self.client.set(self._key(session_id), record, ex=ttl))
+        return value
+
+    async def load(self, value: str) -> Session | None:
+        reference = self._reference(value)
+        if reference is None:
+            return None
+        session_id, key = reference
+        record = await self._call(self.client.get(self._key(session_id)))
+        if not isinstance(record, bytes) or len(record) < 12 + 16:
+            return None
+        try:
+            plaintext = AESGCM(key).decrypt(record[:12], record[12:], session_id)
+        except InvalidTag:
+            return None
+        session = Session.from_bytes(plaintext)
+        return None if session is None or session.expired(self._clock()) else session
+
+    async def delete(self, value: str) -> None:
+        reference = self._reference(value)
+        if reference is not None:
+            await self._call(self.client.delete(self._key(reference[0])))
+
+    async def revoked(self, token: str) -> None:
+        await self._call(self.client.publish(CHANNEL, token_digest(token)))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    def _reference(self, value: str) -> tuple[bytes, bytes] | None:
+        raw = self._sealer.unseal(value, self._purpose)
+        if raw is None or len(raw) != _ID_BYTES + _KEY_BYTES:
+            return None
+        return raw[:_ID_BYTES], raw[_ID_BYTES:]
+
+    @staticmethod
+    def _key(session_id: bytes) -> str:
+        return KEY_PREFIX + hashlib.sha256(session_id).hexdigest()
+
+    @staticmethod
+    async def _call(operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        except (RedisError, OSError) as exc:
+            raise SessionStoreUnavailable(f"redis: {type(exc).__name__}") from exc
+
+
+async def listen_for_revocations(
+    client: aioredis.Redis, on_revoked: Callable[[str], None], retry_delay: float = 1.0
+) -> None:
+    """Feed every revoked-token digest published by any replica to `on_revoked`, until cancelled.
+
+    Reconnects by itself when Redis goes away, so revocation broadcasts resume when it returns.
+    """
+    while True:
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        data = message.get("data")
+                        on_revoked(data.decode("ascii", "replace") if isinstance(data, bytes) else str(data))
+        except (RedisError, OSError) as exc:
+            log.warning("redis.subscription_lost", error=type(exc).__name__)
+            await asyncio.sleep(retry_delay)
+
+
+def make_client(url: str) -> aioredis.Redis:
+    # Short timeouts: a request waiting on a dead Redis should become a 503 quickly, not hang.
+    return aioredis.Redis.from_url(
+        url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=15, retry_on_timeout=False
+    )

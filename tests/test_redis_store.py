@@ -1,0 +1,165 @@
+"""Sessions in Redis, shared by two proxy replicas: login, sign-out and revocation reach every replica;
+a Redis outage is a 503 that keeps the session, and service resumes when Redis returns."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import ClientSession
+from conftest import DevIdp, ProxyFactory
+from support.harness import BROWSER_UA, Browser, Proxy
+from support.redis_server import RedisServer
+
+from authproxy.runtime import RUNTIME
+from authproxy.session.redis import KEY_PREFIX
+
+API = {"Accept": "application/json", "User-Agent": BROWSER_UA}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def replicas(proxy_factory: ProxyFactory, redis_server: RedisServer) -> tuple[Proxy, Proxy]:
+    settings = {
+        "session": {"store": "redis", "redis_url": redis_server.url},
+        "centralauth": {"session_check_ttl": 60},
+    }
+    first = await proxy_factory(**settings)
+    # Replicas behind one load balancer share the public URL (and so CentralAuth's domain).
+    return first, await proxy_factory(**settings, server={"public_url": first.url})
+
+
+async def status_with(proxy: Proxy, cookie_name: str, value: str) -> int:
+    async with ClientSession(headers=API) as http:
+        async with http.get(f"{proxy.url}/x", headers={"Cookie": f"{cookie_name}={value}"}) as response:
+            return response.status
+
+
+@pytest.fixture
+async def signed_in(replicas: tuple[Proxy, Proxy]) -> AsyncIterator[tuple[str, str]]:
+    first, _ = replicas
+    browser = Browser()
+    status, _, _ = await browser.login(f"{first.url}/", "ada@example.com")
+    assert status == 200
+    name = first.app[RUNTIME].cookie.name
+    value = browser.cookie(name)
+    assert value
+    yield name, value
+    await browser.close()
+
+
+async def test_a_login_on_one_replica_is_valid_on_the_other(
+    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str]
+) -> None:
+    first, second = replicas
+    name, value = signed_in
+    assert await status_with(first, name, value) == 200
+    assert await status_with(second, name, value) == 200
+
+
+async def test_the_cookie_holds_no_token_and_redis_holds_no_plaintext(
+    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str], redis_server: RedisServer
+) -> None:
+    first, _ = replicas
+    _, value = signed_in
+    session = await first.app[RUNTIME].store.load(value)
+    assert session is not None
+    assert len(value) < 150  # an id and a key, sealed; not a token
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        keys = await client.keys(KEY_PREFIX + "*")
+        assert len(keys) == 1
+        record = await client.get(keys[0])
+        ttl = await client.ttl(keys[0])
+    finally:
+        await client.aclose()
+    assert session.access_token.encode() not in record and b"ada@example.com" not in record
+    assert 0 < ttl <= 86400
+
+
+async def test_sign_out_on_one_replica_kills_the_session_on_the_other(
+    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str]
+) -> None:
+    first, second = replicas
+    name, value = signed_in
+    assert await status_with(second, name, value) == 200  # cached on the second replica
+    async with ClientSession(headers={"User-Agent": BROWSER_UA}) as http:
+        async with http.post(
+            f"{first.url}/oauth2/sign_out",
+            headers={"Cookie": f"{name}={value}", "Origin": first.url},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 302
+    assert await status_with(second, name, value) == 401  # a copied cookie is dead everywhere at once
+    assert await status_with(first, name, value) == 401
+
+
+async def test_revocation_seen_by_one_replica_drops_the_cache_of_the_other(
+    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str], devidp: DevIdp
+) -> None:
+    first, second = replicas
+    name, value = signed_in
+    assert await status_with(second, name, value) == 200
+    second_checker = second.app[RUNTIME].checker
+    assert len(second_checker) == 1
+    await devidp.end_sessions("ada@example.com")
+    first.app[RUNTIME].checker.evict((await first.app[RUNTIME].store.load(value)).access_token)  # type: ignore[union-attr]
+    assert await status_with(first, name, value) == 401  # the first replica learns it from CentralAuth
+    for _ in range(50):
+        if len(second_checker) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert len(second_checker) == 0, "the broadcast did not reach the other replica within a second"
+
+
+async def test_redis_outage_is_a_503_and_service_resumes_without_relogin(
+    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str], redis_server: RedisServer
+) -> None:
+    first, second = replicas
+    name, value = signed_in
+    redis_server.stop()
+    assert await status_with(first, name, value) == 503
+    async with ClientSession() as http:
+        async with http.get(
+            f"{first.url}/x", headers={"Cookie": f"{name}={value}", "Accept": "text/html"}
+        ) as response:
+            assert response.status == 503
+            assert "session store is unavailable" in await response.text()
+        async with http.get(f"{first.url}/ready") as response:
+            assert response.status == 503
+            assert "redis: unreachable" in await response.text()
+    redis_server.start()
+    for proxy in (first, second):
+        for _ in range(50):
+            if await status_with(proxy, name, value) == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert await status_with(proxy, name, value) == 200
+    async with ClientSession() as http, http.get(f"{first.url}/ready") as response:
+        assert response.status == 200
+
+
+async def test_outage_during_login_leaves_no_session(
+    replicas: tuple[Proxy, Proxy], redis_server: RedisServer
+) -> None:
+    first, _ = replicas
+    browser = Browser()
+    try:
+        async with browser.http.get(f"{first.url}/") as response:
+            form = response.url
+        redis_server.stop()
+        async with browser.http.post(form, data={"email": "ada@example.com"}) as response:
+            assert response.status == 503
+        assert browser.cookie(first.app[RUNTIME].cookie.name) is None
+    finally:
+        await browser.close()
