@@ -19,11 +19,19 @@ demo: $(STAMP)
 
 test: system-deps lint typecheck unit
 
-# Servers the end-to-end tests start themselves on loopback ports (the system services stay unused).
+# Servers the end-to-end tests start themselves on loopback ports (nginx, redis-server; the system
+# services stay unused),
+# and the Chromium that tests/test_browser.py drives (Playwright's own browser download is not used).
 system-deps:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server; }
+	@test -x /usr/bin/chromium || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check authproxy tests

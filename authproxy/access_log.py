@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from authproxy.headers import client_ip
 from authproxy.routes.common import REQUEST_ID
 from authproxy.runtime import RUNTIME
 
@@ -40,7 +41,9 @@ class AccessLogger(AbstractAccessLogger):
             "status": response.status,
             "bytes": response.body_length,
             "duration_ms": round(time_taken * 1000, 3),
-            "client": request.remote,
+            "client": client_ip(
+                request.remote, request.headers.get("X-Forwarded-For"), runtime.trusted_proxies
+            ),
             "request_id": request.get(REQUEST_ID, ""),
         }
         stream = sys.stderr  # looked up per line: a process may swap it (daemonizing, tests)

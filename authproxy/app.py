@@ -20,7 +20,7 @@ from authproxy.config import Config, split_host_port
 from authproxy.cookies import SessionCookie
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
 from authproxy.headers import self_test
-from authproxy.metrics import Metrics
+from authproxy.metrics import Metrics, multiprocess_mode
 from authproxy.pages import Branding
 from authproxy.paths import RouteRules
 from authproxy.provider.checker import Fetch, SessionChecker
@@ -31,7 +31,7 @@ from authproxy.redirect import RedirectPolicy
 from authproxy.routes import auth, forward_auth, health, proxy, signout
 from authproxy.routes.common import request_context
 from authproxy.runtime import RUNTIME, Runtime
-from authproxy.session.redis import RedisStore, listen_for_revocations
+from authproxy.session.redis import RedisClient, RedisStore, listen_for_revocations
 from authproxy.session.redis import make_client as make_redis_client
 from authproxy.session.seal import Sealer
 from authproxy.session.store import CookieStore, SessionStore
@@ -40,7 +40,9 @@ from authproxy.transaction import TransactionCookies
 log = structlog.get_logger("authproxy")
 
 
-def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Runtime:
+def build_runtime(
+    config: Config, clock: Callable[[], float] = time.time, redis: RedisClient | None = None
+) -> Runtime:
     session = config.session
     secrets = [secret.get_secret_value() for secret in session.cookie_secrets]
     sealer = Sealer(secrets)
@@ -54,7 +56,8 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Run
     prefix = config.server.proxy_prefix
     store: SessionStore
     if session.store == "redis":
-        store = RedisStore(make_redis_client(session.redis_url), sealer, cookie.name, clock)
+        client = redis if redis is not None else make_redis_client(session.redis_url)
+        store = RedisStore(client, sealer, cookie.name, clock)
     else:
         store = CookieStore(sealer, cookie.name, clock)
     return Runtime(
@@ -111,11 +114,33 @@ def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.App
 async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
     """One pooled client session per worker, for the upstreams and CentralAuth alike."""
     runtime = app[RUNTIME]
-    centralauth = runtime.config.centralauth
     http = make_client_session()
     runtime.client_session = http
+    _attach_backchannel(runtime)
+    runtime.metrics.track_cache_size(lambda: len(app[RUNTIME].checker))
+    listener = None
+    if isinstance(runtime.store, RedisStore):
+        # Looks the checker up on every message: a reload replaces it.
+        listener = asyncio.ensure_future(
+            listen_for_revocations(
+                runtime.store.client, lambda digest: _evict_hex(app[RUNTIME].checker, digest)
+            )
+        )
+    yield
+    if listener is not None:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+    if isinstance(runtime.store, RedisStore):
+        await runtime.store.client.aclose()
+    await http.close()
+
+
+def _attach_backchannel(runtime: Runtime) -> None:
+    """The CentralAuth client and the session-check cache, built from the runtime's config."""
+    centralauth = runtime.config.centralauth
     runtime.centralauth = CentralAuthClient(
-        http,
+        runtime.http,
         base_url=centralauth.base_url,
         client_id=centralauth.client_id,
         client_secret=centralauth.client_secret.get_secret_value(),
@@ -129,21 +154,49 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
         stale_grace=centralauth.stale_grace if centralauth.on_outage == "stale" else 0.0,
         max_entries=centralauth.cache_max_entries,
     )
-    runtime.metrics.track_cache_size(lambda: len(runtime.checker))
-    listener = None
-    if isinstance(runtime.store, RedisStore):
-        checker = runtime.checker
-        listener = asyncio.ensure_future(
-            listen_for_revocations(runtime.store.client, lambda digest: _evict_hex(checker, digest))
+
+
+RESTART_ONLY = (
+    ("server", "listen"),
+    ("server", "workers"),
+    ("server", "metrics_listen"),
+    ("server", "shutdown_grace"),
+    ("session", "store"),
+    ("session", "redis_url"),
+)
+
+
+def reload(app: web.Application, config: Config) -> list[str]:
+    """Apply a new, already validated config to a running app without dropping a connection.
+
+    Everything is rebuilt from the new config except what belongs to the process: the listening
+    sockets, the HTTP connection pool, the metrics and the Redis connection. Settings that need those
+    rebuilt are kept as they were and named in the returned list. Requests in flight finish with the
+    objects they started with; the swap happens between two event-loop steps.
+    """
+    runtime = app[RUNTIME]
+    kept = [
+        f"{section}.{key}"
+        for section, key in RESTART_ONLY
+        if getattr(getattr(config, section), key) != getattr(getattr(runtime.config, section), key)
+    ]
+    if kept:
+        updates: dict[str, dict[str, object]] = {}
+        for name in kept:
+            section, key = name.split(".")
+            updates.setdefault(section, {})[key] = getattr(getattr(runtime.config, section), key)
+        config = config.model_copy(
+            update={s: getattr(config, s).model_copy(update=u) for s, u in updates.items()}
         )
-    yield
-    if listener is not None:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
-    if isinstance(runtime.store, RedisStore):
-        await runtime.store.client.aclose()
-    await http.close()
+    redis = runtime.store.client if isinstance(runtime.store, RedisStore) else None
+    fresh = build_runtime(config, runtime.clock, redis=redis)
+    self_test(fresh.cookie.name, fresh.transactions.prefix)
+    fresh.client_session = runtime.client_session
+    fresh.metrics = runtime.metrics
+    fresh.used_states = runtime.used_states
+    _attach_backchannel(fresh)
+    vars(runtime).update(vars(fresh))
+    return kept
 
 
 def _evict_hex(checker: SessionChecker, digest: str) -> None:
@@ -173,7 +226,7 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     """Serve /metrics on its own address, so it is never reachable through the proxied port."""
     runtime = app[RUNTIME]
     listen = runtime.config.server.metrics_listen
-    if not listen:
+    if not listen or multiprocess_mode():  # with several workers the supervisor serves the sum
         yield
         return
     host, port = split_host_port(listen)
@@ -184,12 +237,8 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     await runner.cleanup()
 
 
-def make_runner(app: web.Application) -> web.AppRunner:
+def make_runner(app: web.Application, shutdown_grace: float = 60.0) -> web.AppRunner:
     """The runner every entry point uses: our access logger, which also feeds the request metrics."""
-    return web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
-
-
-def serve(config: Config) -> None:
-    host, port = split_host_port(config.server.listen)
-    log.info("serve.start", listen=config.server.listen, public_url=config.server.public_url)
-    web.run_app(build_app(config), host=host, port=port, print=None, access_log_class=AccessLogger)
+    return web.AppRunner(
+        app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=shutdown_grace
+    )

@@ -67,11 +67,10 @@ def serve(path: str) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
-    from authproxy import app, logs
+    from authproxy import logs, server
 
     logs.configure(config.logging.format, config.logging.level)
-    app.serve(config)
-    return EXIT_OK
+    return server.run(path, config)
 
 
 def demo(port: int, idp_port: int, app_port: int) -> int:

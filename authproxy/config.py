@@ -152,6 +152,7 @@ class ServerConfig(Section):
     workers: int = Field(1, ge=0, le=256)
     trusted_proxies: list[Annotated[IPNetwork, Field()]] = []
     metrics_listen: Annotated[str, AfterValidator(_optional_listen)] = ""
+    shutdown_grace: float = Field(25, ge=0, le=3600)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -95,6 +95,9 @@ IDENTITY = frozenset(
         "x-forwarded-host",
         "x-forwarded-port",
         "x-forwarded-prefix",
+        # Forward-auth context: meaningful only from a trusted proxy to /oauth2/auth, never upstream.
+        "x-forwarded-uri",
+        "x-forwarded-method",
         "x-real-ip",
         "x-request-id",
         "forwarded",

@@ -3,16 +3,21 @@
 Request counts and latency are recorded by the access logger (aiohttp calls it once per request
 anyway), so the hot path pays for no extra middleware; in-flight requests are counted by the request
 middleware. Label values come from small fixed sets (route names, outcomes), never from user input.
+
+With several workers, prometheus-client's multiprocess mode is used: each worker writes its values to
+files in `PROMETHEUS_MULTIPROC_DIR`, and the supervisor alone serves the sum of all of them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ROUTE_CLASSES = {
     "login": "auth",
@@ -26,6 +31,21 @@ ROUTE_CLASSES = {
     "ready": "health",
     "proxy": "proxy",
 }
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROCESS_ENV))
+
+
+def serve_aggregated(listen_host: str, port: int, directory: str) -> None:
+    """Serve the sum of every worker's metrics from this (supervisor) process, in a thread."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=listen_host, registry=registry)
+
+
+def forget_process(pid: int, directory: str) -> None:
+    multiprocess.mark_process_dead(pid, path=directory)  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -45,7 +65,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("authproxy_requests_in_flight", "Requests being answered", registry=r)
+        self.in_flight = Gauge(
+            "authproxy_requests_in_flight", "Requests being answered", registry=r, multiprocess_mode="livesum"
+        )
         self.upstream_latency = Histogram(
             "authproxy_upstream_response_seconds",
             "Time from sending a request upstream to its response headers",
@@ -62,8 +84,12 @@ class Metrics:
             registry=r,
         )
         self.cache_entries = Gauge(
-            "authproxy_session_cache_entries", "Cached session-check answers", registry=r
+            "authproxy_session_cache_entries",
+            "Cached session-check answers",
+            registry=r,
+            multiprocess_mode="livesum",
         )
+        self._cache_size: Callable[[], int] | None = None
         self.revoked = Counter(
             "authproxy_sessions_revoked", "Sessions ended because CentralAuth refused them", registry=r
         )
@@ -73,12 +99,17 @@ class Metrics:
         self.logouts = Counter("authproxy_logouts", "Sign-outs, by outcome", ["outcome"], registry=r)
 
     def track_cache_size(self, size: Callable[[], int]) -> None:
-        self.cache_entries.set_function(lambda: float(size()))
+        if multiprocess_mode():
+            self._cache_size = size  # function gauges do not cross processes; refreshed per request
+        else:
+            self.cache_entries.set_function(lambda: float(size()))
 
     def observe_request(self, route_name: str | None, status: int, seconds: float) -> None:
         route = ROUTE_CLASSES.get(route_name or "", "other")
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+        if self._cache_size is not None:
+            self.cache_entries.set(self._cache_size())
 
     def app(self) -> web.Application:
         """The application served on `metrics_listen`."""

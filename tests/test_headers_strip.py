@@ -40,6 +40,8 @@ IDENTITY = frozenset(
         "x-forwarded-host",
         "x-forwarded-port",
         "x-forwarded-prefix",
+        "x-forwarded-uri",
+        "x-forwarded-method",
         "x-real-ip",
         "x-request-id",
         "forwarded",

@@ -32,6 +32,7 @@ from authproxy.session.store import MAX_COOKIE_VALUE
 log = structlog.get_logger("authproxy.session")
 
 T = TypeVar("T")
+RedisClient = aioredis.Redis
 KEY_PREFIX = "authproxy:session:"
 CHANNEL = "authproxy:revoked"
 _ID_BYTES = 32
