@@ -380,6 +380,7 @@ def test_chart_notes_and_versions() -> None:
 def test_renderer_matches_real_helm() -> None:
     """The renderer above against Helm itself (Helm 4's Go SDK, from the helm-python-sdk dev dependency)."""
     import helm_python as helm
+
     variants: list[dict[str, Any]] = [
         CHART_SECRETS,
         {
