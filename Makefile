@@ -20,8 +20,8 @@ demo: $(STAMP)
 test: system-deps lint typecheck unit
 
 # Servers the end-to-end tests start themselves on loopback ports (nginx, redis-server; the system
-# services stay unused),
-# and the Chromium that tests/test_browser.py drives (Playwright's own browser download is not used).
+# services stay unused), and the Chromium that tests/test_browser.py drives (Playwright's own browser
+# download is not used).
 system-deps:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
 	  $(SUDO) apt-get update -qq && \

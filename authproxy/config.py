@@ -287,7 +287,7 @@ def _logo(value: str) -> str:
 
 
 class BrandingConfig(Section):
-    title: str = Field("Sign-in", min_length=1, max_length=80)
+    title: str = Field("", max_length=80)
     logo_url: Annotated[str, AfterValidator(_logo)] = ""
     footer: str = Field("", max_length=300)
 

@@ -21,7 +21,7 @@ MARKER = {"X-Authproxy": "1", "Cache-Control": "no-store"}
 class Branding:
     """`[branding]`: the product name shown above every page, an optional logo and footer line."""
 
-    title: str = "Sign-in"
+    title: str = ""
     logo_url: str = ""
     footer: str = ""
 
@@ -57,13 +57,15 @@ def html_page(
 ) -> web.Response:
     """A complete page; `body_html` must already be escaped by the caller."""
     logo = f'<img src="{escape(branding.logo_url)}" alt="">' if branding.logo_url else ""
-    header = f"<header>{logo}<span>{escape(branding.title)}</span></header>"
+    name = f"<span>{escape(branding.title)}</span>" if branding.title else ""
+    header = f"<header>{logo}{name}</header>" if logo or name else ""
     footer = f"<footer>{escape(branding.footer)}</footer>" if branding.footer else ""
     reference = f"<small>Reference: {escape(request_id)}</small>" if request_id else ""
     document = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)} · {escape(branding.title)}</title><style>{_STYLE}</style></head>"
+        f"<title>{escape(title)}{' · ' + escape(branding.title) if branding.title else ''}</title>"
+        f"<style>{_STYLE}</style></head>"
         f"<body><main>{header}<h1>{escape(title)}</h1>{body_html}{reference}{footer}</main></body></html>"
     )
     return web.Response(

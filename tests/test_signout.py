@@ -84,6 +84,7 @@ async def test_cross_site_get_only_shows_a_confirmation(proxy: Proxy, browser: B
             assert response.status == 200
             page = await response.text()
         assert 'method="post"' in page and 'name="csrf"' in page
+        assert "ada@example.com" in page and '<a href="/bye">Stay signed in</a>' in page
         assert await app_status(proxy, browser) == 200, headers  # still signed in
     token = re.search(r'name="csrf" value="([^"]+)"', page)
     assert token

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from authproxy import pages
-from authproxy.errors import AuthproxyError, LoginError
+from authproxy.errors import AuthproxyError, LoginError, LoginExpired
 from authproxy.headers import client_ip, is_trusted, parse_ip
 from authproxy.runtime import RUNTIME
 
@@ -81,6 +81,8 @@ def _title(exc: AuthproxyError) -> str:
         return "Access denied"
     if exc.status in (502, 503, 504):
         return "Service unavailable"
+    if isinstance(exc, LoginExpired):
+        return "Sign-in expired"
     if isinstance(exc, LoginError):
         return "Sign-in failed"
     return "Something went wrong"

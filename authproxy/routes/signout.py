@@ -52,7 +52,7 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
                 403, "Sign-out refused", message, request_id(request), branding=runtime.branding
             )
     elif form is None and not evidence:
-        return _confirmation(request, runtime, target, cookie_value)
+        return await _confirmation(request, runtime, target, cookie_value)
     return await _sign_out(request, runtime, target, cookie_value)
 
 
@@ -65,14 +65,19 @@ def _target(request: web.Request, form: object) -> str:
     return safe_return_url(candidate, runtime.redirects)
 
 
-def _confirmation(request: web.Request, runtime: Runtime, target: str, cookie_value: str) -> web.Response:
+async def _confirmation(
+    request: web.Request, runtime: Runtime, target: str, cookie_value: str
+) -> web.Response:
     token = csrf.issue(runtime.sealer, cookie_value, runtime.clock())
+    session = await load_session(request, runtime)
+    who = f" as <strong>{escape(session.email)}</strong>" if session else ""
     body = (
-        "<p>Do you want to sign out?</p>"
+        f"<p>You are signed in{who}. Do you want to sign out?</p>"
         f'<form method="post" action="{escape(runtime.prefix)}/sign_out">'
         f'<input type="hidden" name="csrf" value="{escape(token)}">'
         f'<input type="hidden" name="rd" value="{escape(target)}">'
-        '<button type="submit">Sign out</button></form>'
+        '<button type="submit">Sign out</button> '
+        f'<a href="{escape(target)}">Stay signed in</a></form>'
     )
     return pages.html_page("Sign out", body, request_id=request_id(request), branding=runtime.branding)
 
