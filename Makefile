@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck unit clean system-deps
+.PHONY: demo test lint typecheck unit clean system-deps bench bench-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,9 @@ demo: $(STAMP)
 test: system-deps lint typecheck unit
 
 # Servers the end-to-end tests start themselves on loopback ports (nginx, redis-server; the system
-# services stay unused), and the Chromium that tests/test_browser.py drives (Playwright's own browser
-# download is not used).
-system-deps:
+# services stay unused), wrk for the benchmark's smoke test, and the Chromium that tests/test_browser.py
+# drives (Playwright's own browser download is not used).
+system-deps: bench-deps
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx; }
@@ -34,8 +34,8 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check authproxy tests
-	$(BIN)/ruff format --check authproxy tests
+	$(BIN)/ruff check authproxy tests bench
+	$(BIN)/ruff format --check authproxy tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -43,5 +43,27 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
+# The benchmark (bench/README.md): about 10 minutes, writes bench/results/latest.json and the tables in
+# bench/README.md. BENCH_QUICK=1 runs a shorter version into bench/results/quick.{json,md} instead;
+# BENCH_BASELINE=DIR also measures authproxy from the source tree DIR (e.g. `git archive` of an older
+# commit) side by side. uvloop comes from the `fast` extra, as in production; wrk and nginx from Debian.
+bench: $(STAMP) bench-deps
+	$(BIN)/python -m pip install --quiet -e '.[dev,fast]'
+	$(BIN)/python -m bench --mode $(if $(BENCH_QUICK),quick,full) $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
+
+bench-deps:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk; }
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx; }
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Minutes of `authproxy serve` under a realistic mix with injected CentralAuth faults; not part of
+# `make test`. SOAK_SECONDS (default 600) sets the length; soak/README.md explains the report.
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python soak/soak.py

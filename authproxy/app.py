@@ -9,17 +9,20 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 
+from authproxy import access_log
 from authproxy.access_log import AccessLogger
 from authproxy.authorization import Rules
 from authproxy.config import Config, split_host_port
-from authproxy.cookies import SessionCookie
+from authproxy.cookies import CookieValues, SessionCookie
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
-from authproxy.headers import self_test
+from authproxy.h1 import Pool
+from authproxy.headers import ClientIPs, UpstreamHeaders, self_test
 from authproxy.metrics import Metrics, multiprocess_mode
 from authproxy.pages import Branding
 from authproxy.paths import RouteRules
@@ -31,11 +34,13 @@ from authproxy.redirect import RedirectPolicy
 from authproxy.routes import auth, forward_auth, health, proxy, signout
 from authproxy.routes.common import request_context
 from authproxy.runtime import RUNTIME, Runtime
-from authproxy.session.redis import RedisClient, RedisStore, listen_for_revocations
-from authproxy.session.redis import make_client as make_redis_client
+from authproxy.session import redis_store
 from authproxy.session.seal import Sealer
 from authproxy.session.store import CookieStore, SessionStore
 from authproxy.transaction import TransactionCookies
+
+if TYPE_CHECKING:
+    from authproxy.session.redis import RedisClient
 
 log = structlog.get_logger("authproxy")
 
@@ -56,16 +61,20 @@ def build_runtime(
     prefix = config.server.proxy_prefix
     store: SessionStore
     if session.store == "redis":
-        client = redis if redis is not None else make_redis_client(session.redis_url)
+        from authproxy.session.redis import RedisStore, make_client  # imported here only: see redis_store
+
+        client = redis if redis is not None else make_client(session.redis_url)
         store = RedisStore(client, sealer, cookie.name, clock)
     else:
         store = CookieStore(sealer, cookie.name, clock)
+    transactions = TransactionCookies(sealer, session.cookie_name, secure=session.cookie_secure)
     return Runtime(
         config=config,
         store=store,
         sealer=sealer,
         cookie=cookie,
-        transactions=TransactionCookies(sealer, session.cookie_name, secure=session.cookie_secure),
+        session_cookie=CookieValues(cookie.name),
+        transactions=transactions,
         redirects=RedirectPolicy(
             public_url=f"{public.scheme}://{public.netloc}",
             allowed_domains=tuple(config.redirects.allowed_domains),
@@ -82,6 +91,8 @@ def build_runtime(
         metrics=Metrics(),
         branding=Branding(config.branding.title, config.branding.logo_url, config.branding.footer),
         trusted_proxies=list(config.server.trusted_proxies),
+        client_ips=ClientIPs(config.server.trusted_proxies),
+        upstream_headers=UpstreamHeaders(cookie.name, transactions.prefix),
         callback_url=f"{config.server.public_url}{prefix}/callback",
         login_url=f"{config.centralauth.base_url}/login",
         prefix=prefix,
@@ -92,11 +103,12 @@ def build_runtime(
 def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.Application:
     runtime = build_runtime(config, clock)
     # Refuse to start if a spoofed identity header or a proxy cookie could reach an upstream.
-    self_test(runtime.cookie.name, runtime.transactions.prefix)
+    self_test(runtime.cookie.name, runtime.transactions.prefix, runtime.upstream_headers)
     app = web.Application(middlewares=[request_context])
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_client_sessions)
     app.cleanup_ctx.append(_metrics_listener)
+    app.on_cleanup.append(_flush_access_log)
     prefix = runtime.prefix
     app.router.add_get("/ping", health.ping, name="health")
     app.router.add_get("/ready", health.ready, name="ready")
@@ -112,27 +124,30 @@ def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.App
 
 
 async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
-    """One pooled client session per worker, for the upstreams and CentralAuth alike."""
+    """One upstream connection pool and one aiohttp client session (CentralAuth, websockets) per worker."""
     runtime = app[RUNTIME]
     http = make_client_session()
     runtime.client_session = http
+    pool = runtime.upstream_pool = Pool()
     _attach_backchannel(runtime)
     runtime.metrics.track_cache_size(lambda: len(app[RUNTIME].checker))
     listener = None
-    if isinstance(runtime.store, RedisStore):
+    redis = redis_store(runtime.store)
+    if redis is not None:
+        from authproxy.session.redis import listen_for_revocations  # imported here only: see redis_store
+
         # Looks the checker up on every message: a reload replaces it.
         listener = asyncio.ensure_future(
-            listen_for_revocations(
-                runtime.store.client, lambda digest: _evict_hex(app[RUNTIME].checker, digest)
-            )
+            listen_for_revocations(redis.client, lambda digest: _evict_hex(app[RUNTIME].checker, digest))
         )
     yield
     if listener is not None:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
-    if isinstance(runtime.store, RedisStore):
-        await runtime.store.client.aclose()
+    if redis is not None:
+        await redis.client.aclose()
+    await pool.close()
     await http.close()
 
 
@@ -188,10 +203,11 @@ def reload(app: web.Application, config: Config) -> list[str]:
         config = config.model_copy(
             update={s: getattr(config, s).model_copy(update=u) for s, u in updates.items()}
         )
-    redis = runtime.store.client if isinstance(runtime.store, RedisStore) else None
-    fresh = build_runtime(config, runtime.clock, redis=redis)
-    self_test(fresh.cookie.name, fresh.transactions.prefix)
+    redis = redis_store(runtime.store)
+    fresh = build_runtime(config, runtime.clock, redis=redis.client if redis is not None else None)
+    self_test(fresh.cookie.name, fresh.transactions.prefix, fresh.upstream_headers)
     fresh.client_session = runtime.client_session
+    fresh.upstream_pool = runtime.upstream_pool
     fresh.metrics = runtime.metrics
     fresh.used_states = runtime.used_states
     _attach_backchannel(fresh)
@@ -220,6 +236,10 @@ def _counted(client: CentralAuthClient, metrics: Metrics) -> Fetch:
         return user
 
     return fetch
+
+
+async def _flush_access_log(app: web.Application) -> None:
+    access_log.flush()
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:

@@ -47,3 +47,31 @@ class SessionCookie:
             httponly=True,
             samesite=self.samesite.capitalize(),
         )
+
+
+class CookieValues:
+    """One cookie's value as `request.cookies` gives it, remembered per distinct Cookie header.
+
+    A browser sends the same Cookie header on every request, and aiohttp parses all of it into Morsels
+    to find one value. The parse is a function of the header alone, so remembering its answer is exact;
+    the memory is bounded, oldest entries going first.
+    """
+
+    def __init__(self, name: str, size: int = 1024) -> None:
+        self.name = name
+        self._size = size
+        self._memo: dict[str, str | None] = {}
+
+    def __call__(self, request: web.Request) -> str | None:
+        header = request.headers.get("Cookie")
+        if not header:
+            return None
+        try:
+            return self._memo[header]
+        except KeyError:
+            pass
+        value = request.cookies.get(self.name)
+        if len(self._memo) >= self._size:
+            del self._memo[next(iter(self._memo))]
+        self._memo[header] = value
+        return value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from multidict import CIMultiDict
 
@@ -72,6 +73,42 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[IPN
         if not is_trusted(current, trusted):
             break
     return str(current)
+
+
+class ClientIPs:
+    """`client_ip` and peer trust for one trusted-proxy list, remembered per (peer, X-Forwarded-For).
+
+    A worker sees the same peers and forwarding chains over and over, and parsing them with `ipaddress`
+    was a large share of a cached request's cost. Answers depend on nothing else, so remembering them is
+    exact; the memory is bounded, oldest entries going first.
+    """
+
+    def __init__(self, trusted: Sequence[IPNetwork], size: int = 4096) -> None:
+        self.trusted = tuple(trusted)
+        self._size = size
+        self._clients: dict[tuple[str | None, str | None], str] = {}
+        self._peers: dict[str | None, bool] = {}
+
+    def client(self, peer: str | None, forwarded_for: str | None) -> str:
+        key = (peer, forwarded_for)
+        found = self._clients.get(key)
+        if found is None:
+            found = client_ip(peer, forwarded_for, self.trusted)
+            _remember(self._clients, key, found, self._size)
+        return found
+
+    def peer_trusted(self, peer: str | None) -> bool:
+        found = self._peers.get(peer)
+        if found is None:
+            found = is_trusted(parse_ip(peer or ""), self.trusted)
+            _remember(self._peers, peer, found, self._size)
+        return found
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any, size: int) -> None:
+    if len(memo) >= size:
+        del memo[next(iter(memo))]  # insertion order: the oldest entry
+    memo[key] = value
 
 
 def forwarded_value(value: str | None, peer_trusted: bool) -> str | None:
@@ -146,30 +183,64 @@ def strip_cookies(cookie_header: str, own: str, own_prefix: str) -> str:
     return "; ".join(kept)
 
 
+# What becomes of a request header, by its name alone (Connection-listed names aside).
+_DROP, _COOKIE, _KEEP = 0, 1, 2
+
+
+class UpstreamHeaders:
+    """Strips a request's headers for the upstream (see `strip_for_upstream`), remembering per header
+    name what it decided: browsers send the same few names on every request, and classifying a name
+    (canonical spelling, identity table, prefixes) is pure. The memory is bounded; a name seen once
+    too many is classified afresh each time, never wrongly.
+    """
+
+    def __init__(self, own_cookie: str, own_cookie_prefix: str, size: int = 1024) -> None:
+        self._own = own_cookie
+        self._own_prefix = own_cookie_prefix
+        self._size = size
+        # name -> (fate, canonical name, whether it is the Connection header itself)
+        self._names: dict[str, tuple[int, str, bool]] = {}
+
+    def _classify(self, name: str) -> tuple[int, str, bool]:
+        found = self._names.get(name)
+        if found is None:
+            lowered = canonical_name(name)
+            if lowered in HOP_BY_HOP or lowered == "host" or is_identity_header(name):
+                fate = _DROP
+            else:
+                fate = _COOKIE if lowered == "cookie" else _KEEP
+            found = (fate, lowered, name.lower() == "connection")
+            _remember(self._names, name, found, self._size)
+        return found
+
+    def __call__(self, incoming: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+        pairs = [(name, value, self._classify(name)) for name, value in incoming]
+        listed: set[str] = set()
+        for _, value, (_, _, is_connection) in pairs:
+            if is_connection:
+                listed |= connection_tokens(value)
+        out: CIMultiDict[str] = CIMultiDict()
+        cookies: list[str] = []
+        for name, value, (fate, lowered, _) in pairs:
+            if fate == _DROP or lowered in listed:
+                continue
+            if fate == _COOKIE:
+                cookies.append(value)
+                continue
+            out.add(name, value)
+        if cookies:
+            kept = strip_cookies("; ".join(cookies), self._own, self._own_prefix)
+            if kept:
+                out["Cookie"] = kept
+        return out
+
+
 def strip_for_upstream(
     incoming: Iterable[tuple[str, str]], own_cookie: str, own_cookie_prefix: str
 ) -> CIMultiDict[str]:
     """The client's headers as the upstream may see them: no hop-by-hop headers (nor any named in
     `Connection`), no `Host`, no identity header in any spelling, and no cookie of the proxy's own."""
-    pairs = list(incoming)
-    listed: set[str] = set()
-    for name, value in pairs:
-        if name.lower() == "connection":
-            listed |= connection_tokens(value)
-    out: CIMultiDict[str] = CIMultiDict()
-    cookies: list[str] = []
-    for name, value in pairs:
-        lowered = canonical_name(name)
-        if lowered in HOP_BY_HOP or lowered in listed or lowered == "host" or is_identity_header(name):
-            continue
-        if lowered == "cookie":
-            cookies.append(value)
-            continue
-        out.add(name, value)
-    kept = strip_cookies("; ".join(cookies), own_cookie, own_cookie_prefix)
-    if kept:
-        out["Cookie"] = kept
-    return out
+    return UpstreamHeaders(own_cookie, own_cookie_prefix)(incoming)
 
 
 def spoofed_identity_headers() -> list[tuple[str, str]]:
@@ -182,13 +253,12 @@ def spoofed_identity_headers() -> list[tuple[str, str]]:
     return spoofed
 
 
-def self_test(own_cookie: str, own_cookie_prefix: str) -> None:
-    """Refuse to run if a spoofed identity header or proxy cookie would survive the stripping."""
+def self_test(own_cookie: str, own_cookie_prefix: str, strip: UpstreamHeaders | None = None) -> None:
+    """Refuse to run if a spoofed identity header or proxy cookie would survive the stripping (by
+    `strip`, the filter the proxy will use, when given)."""
     spoofed = [*spoofed_identity_headers(), ("Cookie", f"{own_cookie}=forged; {own_cookie_prefix}x=forged")]
-    survivors = [
-        name
-        for name, value in strip_for_upstream(spoofed, own_cookie, own_cookie_prefix).items()
-        if "spoofed" in value or "forged" in value
-    ]
+    strip = strip or UpstreamHeaders(own_cookie, own_cookie_prefix)
+    stripped = strip(spoofed)
+    survivors = [name for name, value in stripped.items() if "spoofed" in value or "forged" in value]
     if survivors:
         raise RuntimeError(f"header stripping self-test failed; would forward {survivors}")

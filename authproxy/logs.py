@@ -11,6 +11,7 @@ import logging
 import sys
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -33,6 +34,33 @@ def configure(fmt: str = "json", level: str = "info") -> None:
         # a reconfiguration (hot reload, tests) reaches every module's logger.
         cache_logger_on_first_use=False,
     )
+    server_logger = logging.getLogger("aiohttp.server")
+    if _CLIENT_ERRORS not in server_logger.filters:
+        server_logger.addFilter(_CLIENT_ERRORS)
+
+
+class _ClientProtocolErrors(logging.Filter):
+    """One structured line, instead of an ERROR with a traceback, for a request the HTTP parser refused.
+
+    aiohttp logs every malformed request ("Error handling request") with the parser's traceback. That is
+    the client's doing, not a fault of the proxy, and any client could flood the log with multi-line,
+    non-JSON records. Only the reason's first words are kept: the rest of the parser's message quotes
+    the offending bytes, which may be a cookie.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or exc.code >= 500:
+            return True
+        reason = str(exc.message).strip().split("\n", 1)[0].split(":", 1)[0][:80]
+        client = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        structlog.get_logger("authproxy.server").info(
+            "http.bad_request", status=exc.code, kind=type(exc).__name__, reason=reason, client=str(client)
+        )
+        return False
+
+
+_CLIENT_ERRORS = _ClientProtocolErrors()
 
 
 def fingerprint(secret: str) -> str:

@@ -97,6 +97,11 @@ class Metrics:
             "authproxy_logins", "Completed login attempts, by outcome", ["outcome"], registry=r
         )
         self.logouts = Counter("authproxy_logouts", "Sign-outs, by outcome", ["outcome"], registry=r)
+        # Labelled children, looked up once: `labels()` costs more than the increment itself. Filled on
+        # first use, so /metrics lists the same series as before. Keys come from small fixed sets
+        # (route classes, HTTP statuses, check sources).
+        self._request_series: dict[tuple[str | None, int], tuple[Counter, Histogram]] = {}
+        self._check_series: dict[str, Counter] = {}
 
     def track_cache_size(self, size: Callable[[], int]) -> None:
         if multiprocess_mode():
@@ -105,11 +110,21 @@ class Metrics:
             self.cache_entries.set_function(lambda: float(size()))
 
     def observe_request(self, route_name: str | None, status: int, seconds: float) -> None:
-        route = ROUTE_CLASSES.get(route_name or "", "other")
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        series = self._request_series.get((route_name, status))
+        if series is None:
+            route = ROUTE_CLASSES.get(route_name or "", "other")
+            series = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._request_series[(route_name, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
         if self._cache_size is not None:
             self.cache_entries.set(self._cache_size())
+
+    def count_session_check(self, source: str) -> None:
+        counter = self._check_series.get(source)
+        if counter is None:
+            counter = self._check_series[source] = self.session_checks.labels(source)
+        counter.inc()
 
     def app(self) -> web.Application:
         """The application served on `metrics_listen`."""

@@ -70,6 +70,9 @@ class RuleSet:
     def __call__(self, method: str, normalized_path: str) -> bool:
         return any(rule.matches(method, normalized_path) for rule in self._rules)
 
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
 
 @dataclass(frozen=True, slots=True)
 class RouteRules:
@@ -80,8 +83,12 @@ class RouteRules:
     def from_config(cls, skip_auth: Sequence[str], api: Sequence[str]) -> RouteRules:
         return cls(RuleSet(skip_auth), RuleSet(api))
 
-    def skip_auth(self, method: str, raw_path: str) -> bool:
-        return not ambiguous(raw_path) and self.skip(method, normalize_path(raw_path))
+    def skip_auth(self, method: str, raw_path: str, normalized: str | None = None) -> bool:
+        """`normalized` is `normalize_path(raw_path)` when the caller has it already."""
+        if not self.skip:
+            return False
+        path = normalize_path(raw_path) if normalized is None else normalized
+        return not ambiguous(raw_path) and self.skip(method, path)
 
     def api(self, method: str, raw_path: str) -> bool:
-        return self.api_rules(method, normalize_path(raw_path))
+        return bool(self.api_rules) and self.api_rules(method, normalize_path(raw_path))

@@ -1,9 +1,10 @@
 """The streaming forwarder: one request in, the same request to an upstream, the answer streamed back.
 
-Knows nothing of sessions: the caller hands it the upstream and the exact headers to send. Bodies stream
-in both directions with bounded memory; gzip passes through untouched (`auto_decompress=False`); the
-client session never follows redirects and never keeps cookies (a shared jar would hand one user's
-upstream cookies to the next).
+Knows nothing of sessions: the caller hands it the upstream and the exact headers to send. Requests go
+upstream through the lean pooled client in `authproxy.h1` (websockets use aiohttp's client, see
+`websocket`). Bodies stream in both directions with bounded memory; gzip passes through untouched;
+redirects are never followed and no cookie is ever kept between requests (a shared jar would hand one
+user's upstream cookies to the next).
 """
 
 from __future__ import annotations
@@ -11,20 +12,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
+from authproxy import h1
 from authproxy.errors import UpstreamTimeout, UpstreamUnavailable
 from authproxy.headers import HOP_BY_HOP, connection_tokens
 
 log = structlog.get_logger("authproxy.proxy")
 
-CHUNK = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Never forwarded back to the browser: framing is ours to decide, and aiohttp sets it.
 _RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
@@ -36,11 +36,14 @@ class Upstream:
     url: str
     preserve_host: bool
     timeout: float
+    # Where connections go and what precedes each request target, parsed once from `url`.
+    origin: h1.Origin = field(init=False, repr=False, compare=False)
+    prefix: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def client_timeout(self) -> aiohttp.ClientTimeout:
-        # Connect and idle-read bounds only: a total timeout would cut long downloads and event streams.
-        return aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
+    def __post_init__(self) -> None:
+        origin, prefix = h1.Origin.split(self.url)
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "prefix", prefix)
 
 
 class Router:
@@ -58,8 +61,9 @@ class Router:
 
 
 def make_client_session(limit: int = 512) -> aiohttp.ClientSession:
-    # Idle upstream connections are dropped after 15 s, below the usual server-side keep-alive
-    # (nginx and aiohttp 75 s); a shorter upstream timeout is covered by the retry in `forward`.
+    """aiohttp's client, for CentralAuth calls and websocket upstreams."""
+    # Idle connections are dropped after 15 s, below the usual server-side keep-alive (nginx and
+    # aiohttp 75 s).
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, keepalive_timeout=15, use_dns_cache=True)
     return aiohttp.ClientSession(
         connector=connector,
@@ -71,7 +75,7 @@ def make_client_session(limit: int = 512) -> aiohttp.ClientSession:
 
 
 async def forward(
-    http: aiohttp.ClientSession,
+    pool: h1.Pool,
     request: web.Request,
     upstream: Upstream,
     headers: CIMultiDict[str],
@@ -86,36 +90,53 @@ async def forward(
     if upstream.preserve_host and request.host:
         headers["Host"] = request.host
     body = request.content if request.body_exists else None
-    # A pooled connection the upstream closed while idle fails on first use; aiohttp itself resends
-    # idempotent requests once on a fresh connection (RFC 9112 §9.3.1), which a test pins down.
     try:
-        upstream_response = await http.request(
+        upstream_response = await pool.request(
+            upstream.origin,
             request.method,
-            # encoded=True: send the normalized path byte for byte; re-quoting could decode an escape
-            # and change what the upstream routes from what the rules judged.
-            URL(upstream.url + path_qs, encoded=True),
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=upstream.client_timeout,
+            # The normalized path byte for byte: re-quoting could decode an escape and change what the
+            # upstream routes from what the rules judged.
+            upstream.prefix + path_qs,
+            headers.items(),
+            body,
+            connect_timeout=upstream.timeout,
+            read_timeout=upstream.timeout,
         )
     except TimeoutError as exc:
         raise UpstreamTimeout() from exc
-    except (aiohttp.ClientError, OSError) as exc:
+    except OSError as exc:  # h1.UpstreamError is a ConnectionError
         raise UpstreamUnavailable() from exc
     if on_headers is not None:
         on_headers(time.perf_counter() - started)
-    async with upstream_response:
+    try:
         return await _relay(request, upstream_response)
+    finally:
+        upstream_response.release()
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-    listed = connection_tokens(upstream.headers.get("Connection", ""))
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    for name, value in upstream.headers.items():
+class _CoalescedResponse(web.StreamResponse):
+    """A response whose headers leave with the first piece of body, in one write instead of two.
+
+    Only for answers whose body is already in hand: for anything else (an event stream, a slow
+    upstream) the client must see the headers as soon as the upstream sent them.
+    """
+
+    _send_headers_immediately = False
+
+
+async def _relay(request: web.Request, upstream: h1.Response) -> web.StreamResponse:
+    kind = _CoalescedResponse if upstream.body_ready else web.StreamResponse
+    response = kind(status=upstream.status, reason=upstream.reason)
+    listed: set[str] | None = None
+    out = response.headers
+    for name, value in upstream.headers:
+        if name.lower() == "connection":
+            listed = connection_tokens(value)  # the first one, as aiohttp's `headers.get` gave it
+            break
+    for name, value in upstream.headers:
         lowered = name.lower()
-        if lowered not in _RESPONSE_SKIP and lowered not in listed:
-            response.headers.add(name, value)
+        if lowered not in _RESPONSE_SKIP and (listed is None or lowered not in listed):
+            out.add(name, value)
     no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUSES or upstream.status < 200
     if upstream.content_length is not None and not no_body:
         response.content_length = upstream.content_length
@@ -125,15 +146,16 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.
     try:
         await response.prepare(request)
         if not no_body:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
+            while chunk := await upstream.read():
                 await response.write(chunk)
         await response.write_eof()
     except TimeoutError:
         # Headers are gone already; all that is left is to cut the connection so the client sees it.
         log.warning("upstream.read_timeout", path=request.path)
         _abort(request)
-    except (ConnectionResetError, aiohttp.ClientConnectionError, asyncio.CancelledError) as exc:
-        # The client went away (or the upstream did, mid-body): release the upstream, log no error.
+    except (ConnectionError, asyncio.CancelledError) as exc:
+        # The client went away, or the upstream did mid-body: the upstream connection is closed on
+        # release, the client's cut so it sees a short body; nothing to log.
         if isinstance(exc, asyncio.CancelledError):
             raise
         _abort(request)

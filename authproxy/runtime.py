@@ -15,8 +15,9 @@ from aiohttp import web
 
 from authproxy.authorization import Rules
 from authproxy.config import Config
-from authproxy.cookies import SessionCookie
-from authproxy.headers import IPNetwork
+from authproxy.cookies import CookieValues, SessionCookie
+from authproxy.h1 import Pool
+from authproxy.headers import ClientIPs, IPNetwork, UpstreamHeaders
 from authproxy.metrics import Metrics
 from authproxy.pages import Branding
 from authproxy.paths import RouteRules
@@ -55,6 +56,7 @@ class Runtime:
     store: SessionStore
     sealer: Sealer
     cookie: SessionCookie
+    session_cookie: CookieValues
     transactions: TransactionCookies
     redirects: RedirectPolicy
     rules: Rules
@@ -63,6 +65,8 @@ class Runtime:
     branding: Branding
     metrics: Metrics
     trusted_proxies: list[IPNetwork]
+    client_ips: ClientIPs
+    upstream_headers: UpstreamHeaders
     callback_url: str
     login_url: str
     prefix: str
@@ -71,6 +75,7 @@ class Runtime:
     probe_cache: dict[str, tuple[float, str]] = field(default_factory=dict)
     # Created in the app's cleanup context, once the event loop runs.
     client_session: aiohttp.ClientSession | None = None
+    upstream_pool: Pool | None = None
     centralauth: CentralAuthClient | None = None
     session_checker: SessionChecker | None = None
     # userinfo with its calls counted by outcome; the checker and the login callback both use it.
@@ -87,6 +92,12 @@ class Runtime:
         if self.session_checker is None:
             raise RuntimeError("the session checker is created when the application starts")
         return self.session_checker
+
+    @property
+    def pool(self) -> Pool:
+        if self.upstream_pool is None:
+            raise RuntimeError("the upstream connection pool is created when the application starts")
+        return self.upstream_pool
 
     @property
     def http(self) -> aiohttp.ClientSession:

@@ -81,7 +81,13 @@ class TransactionCookies:
 
 
 def _parse(plaintext: bytes) -> LoginTransaction | None:
+    """The transaction `seal` wrote, or None for any other shape (another version's, mid-deploy)."""
     try:
-        return LoginTransaction(**json.loads(plaintext))
+        transaction = LoginTransaction(**json.loads(plaintext))
     except (ValueError, TypeError):
         return None
+    text_ok = all(
+        isinstance(v, str) for v in (transaction.state, transaction.verifier, transaction.return_to)
+    )
+    time_ok = isinstance(transaction.created_at, int | float) and not isinstance(transaction.created_at, bool)
+    return transaction if text_ok and time_ok else None

@@ -21,6 +21,7 @@ from authproxy.errors import CentralAuthUnavailable, SessionRejected
 from authproxy.provider.user import User
 
 Key = tuple[bytes, str, str]
+_AGENTS_MAX = 4096
 Fetch = Callable[[str, str, str], Awaitable[User]]
 
 
@@ -34,6 +35,44 @@ class Outcome:
 class _Entry:
     user: User
     fetched_at: float
+
+
+class _TokenIndex:
+    """The cache keys of each token digest, for evicting a token's every entry at once.
+
+    Nearly every token has one key (one browser), so that key is stored bare; a set, which costs more
+    than the rest of an entry, is made only for a token seen from a second IP or user agent.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, Key | set[Key]] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: Key) -> None:
+        found = self._keys.setdefault(key[0], key)
+        if found is key or found == key:
+            return
+        if isinstance(found, set):
+            found.add(key)
+        else:
+            self._keys[key[0]] = {found, key}
+
+    def discard(self, key: Key) -> None:
+        found = self._keys.get(key[0])
+        if isinstance(found, set):
+            found.discard(key)
+            if not found:
+                del self._keys[key[0]]
+        elif found == key:
+            del self._keys[key[0]]
+
+    def pop(self, digest: bytes) -> set[Key]:
+        found = self._keys.pop(digest, None)
+        if found is None:
+            return set()
+        return found if isinstance(found, set) else {found}
 
 
 class SessionChecker:
@@ -52,15 +91,26 @@ class SessionChecker:
         self._max = max_entries
         self._clock = clock
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
-        self._by_token: dict[bytes, set[Key]] = {}
+        self._by_token = _TokenIndex()
+        # Requests carry a fresh copy of the same few user agents; stored keys share one copy each.
+        self._agents: dict[str, str] = {}
         self._inflight: dict[Key, asyncio.Future[User]] = {}
+        # A browser presents the same token on every request: hash it once, not per request.
+        self._digests: dict[str, bytes] = {}
+        self._digests_max = min(max_entries, 10_000)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def check(self, token: str, client_ip: str, user_agent: str) -> Outcome:
         """The user behind `token` as CentralAuth sees it now (or within the TTL)."""
-        key = (_digest(token), client_ip, user_agent)
+        digest = self._digests.get(token)
+        if digest is None:
+            digest = _digest(token)
+            if len(self._digests) >= self._digests_max:
+                del self._digests[next(iter(self._digests))]  # the oldest
+            self._digests[token] = digest
+        key = (digest, client_ip, user_agent)
         entry = self._entries.get(key)
         now = self._clock()
         if entry is not None and now - entry.fetched_at < self._ttl:
@@ -88,7 +138,7 @@ class SessionChecker:
 
     def evict_digest(self, digest: bytes) -> None:
         """Forget every cached answer for the token with this SHA-256 (a revocation seen elsewhere)."""
-        for key in self._by_token.pop(digest, set()):
+        for key in self._by_token.pop(digest):
             self._entries.pop(key, None)
 
     def _finished(self, key: Key, task: asyncio.Future[User]) -> None:
@@ -106,16 +156,28 @@ class SessionChecker:
         return user
 
     def _store(self, key: Key, user: User) -> None:
-        self._entries[key] = _Entry(user, self._clock())
+        now = self._clock()
+        key = (key[0], key[1], self._shared_agent(key[2]))
+        self._entries[key] = _Entry(user, now)
         self._entries.move_to_end(key)
-        self._by_token.setdefault(key[0], set()).add(key)
-        while len(self._entries) > self._max:
+        self._by_token.add(key)
+        # Past its TTL and stale window an entry can never answer again; dropping those from the LRU end
+        # keeps memory to the sessions in use, instead of growing until max_entries pushes them out.
+        useful = self._ttl + self._stale_grace
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if len(self._entries) <= self._max and now - oldest.fetched_at < useful:
+                break
             old_key, _ = self._entries.popitem(last=False)
-            keys = self._by_token.get(old_key[0])
-            if keys is not None:
-                keys.discard(old_key)
-                if not keys:
-                    del self._by_token[old_key[0]]
+            self._by_token.discard(old_key)
+
+    def _shared_agent(self, agent: str) -> str:
+        shared = self._agents.get(agent)
+        if shared is None:
+            if len(self._agents) >= _AGENTS_MAX:
+                del self._agents[next(iter(self._agents))]  # the oldest; keys keep their own copy
+            shared = self._agents[agent] = agent
+        return shared
 
     def _stale(self, key: Key) -> User | None:
         entry = self._entries.get(key)

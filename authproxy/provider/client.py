@@ -101,8 +101,8 @@ class CentralAuthClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
-                raw = await response.content.read(MAX_BODY + 1)
-                if len(raw) > MAX_BODY:
+                raw = await _read_capped(response)
+                if raw is None:
                     raise CentralAuthUnavailable(f"{path} answered with an oversized body")
                 return Answer(response.status, _json(raw))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -119,6 +119,22 @@ class CentralAuthClient:
             if code != "tooManyRequests":
                 return definite(code if isinstance(code, str) and code else "unknown")
         return CentralAuthUnavailable(f"CentralAuth answered {answer.status}")
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes | None:
+    """The whole body, or None once it exceeds MAX_BODY.
+
+    `read(n)` returns whatever has arrived so far, not n bytes: an answer split over several TCP segments
+    or chunks must be read in a loop, or a valid answer would be cut short and taken for an outage.
+    """
+    if response.content_length is not None and response.content_length > MAX_BODY:
+        return None
+    body = bytearray()
+    while chunk := await response.content.read(MAX_BODY + 1 - len(body)):
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return bytes(body)
 
 
 def _json(raw: bytes) -> Any:

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from authproxy.runtime import RUNTIME, Runtime
-from authproxy.session.redis import RedisStore
+from authproxy.session import redis_store
 
 PROBE_CACHE = 5.0
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2)
@@ -29,8 +29,9 @@ async def ping(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     checks = {"config": "ok", "centralauth": await _centralauth(runtime)}
-    if isinstance(runtime.store, RedisStore):
-        checks["redis"] = "ok" if await runtime.store.ping() else "unreachable"
+    redis = redis_store(runtime.store)
+    if redis is not None:
+        checks["redis"] = "ok" if await redis.ping() else "unreachable"
     degraded = [name for name, state in checks.items() if state != "ok"]
     lines = [f"{name}: {state}" for name, state in checks.items()]
     headline = "degraded: " + ", ".join(degraded) if degraded else "ready"

@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 from authproxy import audit, pages, websocket
 from authproxy.authorization import denial
 from authproxy.errors import AccessDenied, SessionRejected
-from authproxy.headers import forwarded_value, strip_for_upstream
+from authproxy.headers import forwarded_value
 from authproxy.logs import fingerprint
 from authproxy.paths import normalize_path
 from authproxy.provider.user import User
@@ -26,15 +26,16 @@ from authproxy.session.model import Session
 async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     # Classify and forward the same normalized path, so the upstream routes what the rules judged.
-    path = normalize_path(request.raw_path)
-    query = request.raw_path.partition("?")[2]
+    raw_path = request.raw_path
+    path = normalize_path(raw_path)
+    query = raw_path.partition("?")[2]
     upstream = runtime.router.pick(path)
     if upstream is None:
         message = "No application is configured for this path."
         return pages.error_page(404, "Not found", message, request_id(request), branding=runtime.branding)
     user: User | None = None
     session: Session | None = None
-    if not runtime.routes.skip_auth(request.method, request.raw_path):
+    if not runtime.routes.skip_auth(request.method, raw_path, path):
         session = await load_session(request, runtime)
         if session is None:
             return unauthenticated(request, runtime)
@@ -49,12 +50,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
         url = upstream.url + target
         return await websocket.bridge(runtime.http, request, url, headers, upstream.timeout)
     return await forward(
-        runtime.http, request, upstream, headers, target, runtime.metrics.upstream_latency.observe
+        runtime.pool, request, upstream, headers, target, runtime.metrics.upstream_latency.observe
     )
 
 
 async def load_session(request: web.Request, runtime: Runtime) -> Session | None:
-    value = request.cookies.get(runtime.cookie.name)
+    value = runtime.session_cookie(request)
     return await runtime.store.load(value) if value else None
 
 
@@ -76,7 +77,7 @@ async def check_session(request: web.Request, runtime: Runtime, session: Session
         await runtime.store.delete(request.cookies.get(runtime.cookie.name, ""))
         await runtime.store.revoked(session.access_token)
         return None
-    runtime.metrics.session_checks.labels(outcome.source).inc()
+    runtime.metrics.count_session_check(outcome.source)
     rule = denial(outcome.user, runtime.rules)
     if rule is not None:
         audit.event("access.denied", request_id(request), rule=rule, user=outcome.user.id)
@@ -97,7 +98,7 @@ def unauthenticated(request: web.Request, runtime: Runtime) -> web.Response:
 def _upstream_headers(
     request: web.Request, runtime: Runtime, user: User | None, session: Session | None
 ) -> CIMultiDict[str]:
-    headers = strip_for_upstream(request.headers.items(), runtime.cookie.name, runtime.transactions.prefix)
+    headers = runtime.upstream_headers(request.headers.items())
     trusted = peer_trusted(request)
     headers["X-Forwarded-For"] = end_user_ip(request)
     headers["X-Forwarded-Proto"] = forwarded_value(request.headers.get("X-Forwarded-Proto"), trusted) or (

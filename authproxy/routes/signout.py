@@ -33,7 +33,10 @@ def same_origin(request: web.Request, runtime: Runtime) -> bool:
     for header in ("Origin", "Referer"):
         value = request.headers.get(header)
         if value:
-            parts = urlsplit(value)
+            try:
+                parts = urlsplit(value)
+            except ValueError:  # not a URL at all ("http://["): no evidence, and no 500
+                return False
             return f"{parts.scheme}://{parts.netloc}".lower() == own.lower()
     return False
 

@@ -6,6 +6,7 @@ the cookie itself (here) or in Redis behind a random id is the store's business.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -46,8 +47,9 @@ class CookieStore:
         self._sealer = sealer
         self._purpose = f"session:{cookie_name}"
         self._clock = clock
-        # Unsealing costs an AES-GCM pass per request; a browser sends the same value every time.
-        self._memo: OrderedDict[str, Session] = OrderedDict()
+        # Unsealing costs an AES-GCM pass per request; a browser sends the same value every time. Keyed
+        # by the value's SHA-256 rather than the value (up to 4 KB): at 10,000 entries that is megabytes.
+        self._memo: OrderedDict[bytes, Session] = OrderedDict()
         self._memo_size = memo_size
 
     async def save(self, session: Session) -> str:
@@ -57,23 +59,28 @@ class CookieStore:
         return value
 
     async def load(self, value: str) -> Session | None:
-        session = self._memo.get(value)
+        key = _memo_key(value)
+        session = self._memo.get(key)
         if session is None:
             plaintext = self._sealer.unseal(value, self._purpose)
             session = Session.from_bytes(plaintext) if plaintext is not None else None
             if session is None:
                 return None
-            self._memo[value] = session
+            self._memo[key] = session
             if len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
         else:
-            self._memo.move_to_end(value)
+            self._memo.move_to_end(key)
         return None if session.expired(self._clock()) else session
 
     async def delete(self, value: str) -> None:
         # Nothing is kept server-side; clearing the browser's cookie is the rest of the job.
-        self._memo.pop(value, None)
+        self._memo.pop(_memo_key(value), None)
 
     async def revoked(self, token: str) -> None:
         # Cookie sessions are not shared between replicas; their caches expire by TTL.
         return None
+
+
+def _memo_key(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
