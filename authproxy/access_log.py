@@ -92,11 +92,12 @@ def flush() -> None:
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
-        app = getattr(request, "app", None)
+        # A request the parser refused never reached the router: it has no app (and asking raises).
+        match_info: Any = getattr(request, "_match_info", None)
+        app = match_info.current_app if match_info is not None else None
         runtime = app.get(RUNTIME) if app is not None else None
         if runtime is None:
             return
-        match_info: Any = getattr(request, "match_info", None)
         route = getattr(getattr(match_info, "route", None), "name", None)
         runtime.metrics.observe_request(route, response.status, time_taken)
         logging = runtime.config.logging
@@ -121,7 +122,8 @@ class AccessLogger(AbstractAccessLogger):
             )
         else:
             _pending.add(
-                f"{_timestamp()} access {request.method} {request.path} {response.status} "
+                # The path as a JSON string: a decoded CR/LF must not start a forged line.
+                f"{_timestamp()} access {request.method} {_quoted(request.path)} {response.status} "
                 f"{duration_ms}ms rid={request_id}\n"
             )
 

@@ -259,6 +259,12 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
 
 def make_runner(app: web.Application, shutdown_grace: float = 60.0) -> web.AppRunner:
     """The runner every entry point uses: our access logger, which also feeds the request metrics."""
+    # keepalive_timeout: aiohttp has no header-read timeout, and its keep-alive timer (armed at
+    # connect) is what ends a connection that never finishes its headers; its default is an hour.
     return web.AppRunner(
-        app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=shutdown_grace
+        app,
+        access_log_class=AccessLogger,
+        handle_signals=False,
+        shutdown_timeout=shutdown_grace,
+        keepalive_timeout=75,
     )

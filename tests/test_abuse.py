@@ -339,13 +339,6 @@ async def test_expect_100_continue_to_an_upstream_without_interim_answers(
 # --- slow clients --------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="make_runner passes no keepalive_timeout, so aiohttp's default of 3630 s applies: a client "
-    "that never finishes its headers (slowloris) keeps its connection for an hour. aiohttp has no "
-    "separate header-read timeout; its keep-alive timer, armed at connect, is what closes such a "
-    "connection (fix: make_runner(..., keepalive_timeout=75) as web.run_app and nginx use)",
-)
 async def test_unfinished_headers_are_bounded_by_a_short_timeout(target: Target) -> None:
     _, writer = await asyncio.open_connection("127.0.0.1", target.port)
     try:
@@ -447,13 +440,6 @@ async def test_malformed_requests_log_one_line_each_not_a_traceback(served: Serv
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="access_log.AccessLogger.log calls getattr(request, 'app', None), which raises AssertionError "
-    "(not AttributeError) for a request the parser refused before routing: every malformed request logs "
-    "'Unhandled exception' with a traceback and is missing from the request metrics (fix: return early "
-    "when request.match_info is None, or catch AssertionError there)",
-)
 async def test_malformed_requests_leave_no_traceback_in_the_served_log(served: ServedProxy) -> None:
     for name in MALFORMED_SAMPLE:
         assert status_of(await exchange(served.port, REFUSED[name])) == 400
@@ -461,12 +447,6 @@ async def test_malformed_requests_leave_no_traceback_in_the_served_log(served: S
     assert log_problems(served.log()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the console access-log line writes request.path decoded: '%0d%0a' in a path starts a new, "
-    "forged log line (the JSON format escapes it; fix: write the console path with json.dumps or "
-    "unicode_escape for anything outside printable ASCII)",
-)
 async def test_console_access_log_cannot_be_forged(target: Target, capfd: pytest.CaptureFixture[str]) -> None:
     capfd.readouterr()
     await target.send(
