@@ -47,7 +47,7 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
-def _machine_seconds() -> tuple[float, float]:
+def machine_seconds() -> tuple[float, float]:
     """CPU seconds the whole machine has been busy, and stolen by the hypervisor, since boot."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
@@ -55,7 +55,7 @@ def _machine_seconds() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / ticks, steal / ticks
 
 
-def _own_seconds() -> float:
+def own_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -65,12 +65,12 @@ class Contention:
     """CPU spent during the run by processes that are not the benchmark's."""
 
     def __init__(self) -> None:
-        self._busy, self._steal = _machine_seconds()
-        self._own = _own_seconds()
+        self._busy, self._steal = machine_seconds()
+        self._own = own_seconds()
 
     def result(self, seconds: float) -> dict[str, float]:
-        busy, steal = _machine_seconds()
-        others = max(0.0, (busy - self._busy) - (_own_seconds() - self._own))
+        busy, steal = machine_seconds()
+        others = max(0.0, (busy - self._busy) - (own_seconds() - self._own))
         return {
             "other_cpu_seconds": round(others, 1),
             "other_cores_average": round(others / seconds, 2) if seconds else 0.0,

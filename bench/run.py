@@ -103,7 +103,10 @@ def run_throughput(plan: Plan, cases: list[Case], cookies: Path, work: Path, idp
     runs: dict[str, list[dict[str, float]]] = {case.key: [] for case in cases}
     for number in range(plan.rounds):
         for case in _rotated(cases, number):
-            runs[case.key].append(measure.throughput(case, plan.seconds, headers, work, cookies, idp_url))
+            sample = measure.repeat_while_disturbed(
+                lambda case=case: measure.throughput(case, plan.seconds, headers, work, cookies, idp_url)
+            )
+            runs[case.key].append(sample)
     return {
         case.key: {
             "label": case.label,
@@ -122,9 +125,12 @@ def run_latency(
     runs: dict[str, list[dict[str, float]]] = {case.key: [] for case, _, _ in cases}
     for number in range(plan.rounds):
         for case, connections, rate in _rotated(cases, number):
-            runs[case.key].append(
-                measure.latency(case, rate, connections, plan.latency_seconds, headers, idp_url)
+            sample = measure.repeat_while_disturbed(
+                lambda case=case, connections=connections, rate=rate: measure.latency(
+                    case, rate, connections, plan.latency_seconds, headers, idp_url
+                )
             )
+            runs[case.key].append(sample)
     return {
         case.key: {
             "label": case.label,

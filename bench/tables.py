@@ -35,7 +35,7 @@ def render(results: dict[str, Any]) -> str:
         f"httptools {machine['packages']['httptools']}, {machine['nginx']}, {machine['wrk']}. "
         f"Other processes used {contention['other_cores_average']:.2f} cores on average during the run "
         f"({contention['other_cpu_seconds']:.0f} CPU s; hypervisor steal "
-        f"{contention['steal_seconds']:.0f} s).",
+        f"{contention['steal_seconds']:.0f} s). {_disturbance(results)}",
         "",
         "### Targets",
         "",
@@ -78,6 +78,24 @@ def render(results: dict[str, Any]) -> str:
         )
     lines += ["", *_checks(results["checks"])]
     return "\n".join(lines) + "\n"
+
+
+def _disturbance(results: dict[str, Any]) -> str:
+    runs = [
+        run
+        for section in ("throughput", "latency")
+        for case in results[section].values()
+        for run in case["runs"]
+    ]
+    repeated = sum(1 for run in runs if run.get("repeats"))
+    foreign = sorted(run.get("foreign_cores", 0.0) for run in runs)
+    if not foreign:
+        return ""
+    return (
+        f"{repeated} of {len(runs)} runs were measured again because other processes took over 0.1 cores; "
+        f"in the runs kept they took {foreign[len(foreign) // 2]:.2f} cores (median), "
+        f"{foreign[-1]:.2f} at most."
+    )
 
 
 def _errors(summary: dict[str, dict[str, float]]) -> str:

@@ -50,6 +50,8 @@ def _text(raw: bytes) -> str:
 
 
 class Connection(asyncio.Protocol):
+    """The protocol of one upstream connection; the pool owns it, `Response` reads through it."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._read_timeout = 0.0
