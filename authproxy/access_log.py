@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from authproxy.headers import combined
 from authproxy.routes.common import REQUEST_ID
 from authproxy.runtime import RUNTIME
 
@@ -103,7 +104,9 @@ class AccessLogger(AbstractAccessLogger):
         logging = runtime.config.logging
         if not logging.access_log:
             return
-        client = runtime.client_ips.client(request.remote, request.headers.get("X-Forwarded-For"))
+        client = runtime.client_ips.client(
+            request.remote, combined(request.headers.getall("X-Forwarded-For", ()))
+        )
         duration_ms = round(time_taken * 1000, 3)
         request_id = request.get(REQUEST_ID, "")
         if logging.format == "json":

@@ -111,15 +111,32 @@ def _remember(memo: dict[Any, Any], key: Any, value: Any, size: int) -> None:
     memo[key] = value
 
 
+def combined(lines: Sequence[str]) -> str | None:
+    """All lines of a list header as one value, in order (RFC 9110 §5.3), or None when there is none.
+
+    Reading only the first line would believe a client's forged `X-Forwarded-For` line whenever a
+    front proxy adds its own line instead of appending to the client's (HAProxy's `option forwardfor`).
+    """
+    if not lines:
+        return None
+    return lines[0] if len(lines) == 1 else ", ".join(lines)
+
+
 def forwarded_value(value: str | None, peer_trusted: bool) -> str | None:
-    """X-Forwarded-Proto/-Host as set by the nearest trusted proxy (its rightmost entry), else None."""
+    """X-Forwarded-Proto/-Host as set by the nearest trusted proxy, else None.
+
+    `value` is every line combined (`combined`); the rightmost entry is the one the trusted peer wrote
+    or appended, and entries left of it are never believed.
+    """
     if not peer_trusted or not value:
         return None
     last = value.rsplit(",", 1)[-1].strip()
     return last or None
 
 
-# Headers the proxy alone may set; a client-sent copy, in any spelling, never reaches the upstream.
+# Headers the proxy alone may set, and headers other systems use for the same purposes (identity, client
+# IP, scheme, original URL). A client-sent copy, in any spelling, never reaches the upstream: an app
+# that trusts one of them behind some other proxy would trust a client's choice behind this one.
 IDENTITY = frozenset(
     {
         "x-forwarded-user",
@@ -127,35 +144,87 @@ IDENTITY = frozenset(
         "x-forwarded-groups",
         "x-forwarded-preferred-username",
         "x-forwarded-access-token",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-port",
-        "x-forwarded-prefix",
-        # Forward-auth context: meaningful only from a trusted proxy to /oauth2/auth, never upstream.
-        "x-forwarded-uri",
-        "x-forwarded-method",
         "x-real-ip",
         "x-request-id",
         "forwarded",
         "auth-ip",
         "device-id",
-        # Client-IP headers some CDNs set; an app reading them must not get a client-chosen value.
+        # Identity headers of other authenticating proxies and platforms, which apps are often told to trust.
+        "remote-user",
+        "remote-email",
+        "remote-groups",
+        "remote-name",
+        "x-remote-user",
+        "x-remote-email",
+        "x-remote-group",
+        "x-remote-groups",
+        "x-user",
+        "x-email",
+        "cf-access-authenticated-user-email",
+        "cf-access-jwt-assertion",
+        "x-ms-token-aad-id-token",
+        "x-ms-token-aad-access-token",
+        # Client-IP and scheme headers some CDNs and load balancers set.
+        "client-ip",
         "true-client-ip",
         "x-client-ip",
+        "x-originating-ip",
+        "x-remote-ip",
+        "x-remote-addr",
         "cf-connecting-ip",
+        "cf-connecting-ipv6",
+        "cf-visitor",
+        "fastly-client-ip",
         "x-cluster-client-ip",
-        # Route and method overrides some frameworks honour; they would sidestep `[routes]` rules.
+        "x-proxyuser-ip",
+        "x-host",
+        "x-original-host",
+        "front-end-https",
+        "x-url-scheme",
+        # Route and method overrides some frameworks honour; they would sidestep the rules on the path.
         "x-original-url",
+        "x-original-uri",
+        "x-original-method",
         "x-rewrite-url",
         "x-http-method-override",
         "x-http-method",
         "x-method-override",
+        "x-envoy-original-path",
         # httpoxy (CVE-2016-5385): CGI upstreams turn `Proxy` into the HTTP_PROXY variable.
         "proxy",
     }
 )
-IDENTITY_PREFIXES = ("x-auth-request-",)
+IDENTITY_PREFIXES = (
+    "x-auth-request-",
+    # Every X-Forwarded-* (For, Proto, Host, Port, Prefix, Scheme, Ssl, Server, Uri, Method, ...): the
+    # proxy sets the ones it forwards itself.
+    "x-forwarded-",
+    "x-webauth-",
+    "x-authentik-",
+    "x-pomerium-",
+    "oidc-",
+    "x-amzn-oidc-",
+    "x-goog-authenticated-user-",
+    "x-goog-iap-",
+    "x-ms-client-principal",
+    "x-authproxy-",
+)
+# Framing is the proxy's to decide. These names pass only in their exact spelling and only where the
+# forwarder handles them (Content-Length); a `Content_Length` or `Transfer.Encoding` beside the real one
+# is dropped, since a CGI-style upstream folds it into the same variable.
+FRAMING = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "expect",
+        "te",
+        "upgrade",
+        "connection",
+        "keep-alive",
+        "host",
+        "trailer",
+    }
+)
 
 
 def canonical_name(name: str) -> str:
@@ -163,9 +232,10 @@ def canonical_name(name: str) -> str:
     return name.strip().lower().replace("_", "-").replace(".", "-")
 
 
-def is_identity_header(name: str) -> bool:
+def is_identity_header(name: str, extra: frozenset[str] = frozenset()) -> bool:
+    """True for a header only the proxy may set, in any spelling; `extra` holds canonical names."""
     canonical = canonical_name(name)
-    return canonical in IDENTITY or canonical.startswith(IDENTITY_PREFIXES)
+    return canonical in IDENTITY or canonical in extra or canonical.startswith(IDENTITY_PREFIXES)
 
 
 def connection_tokens(value: str) -> set[str]:
@@ -173,14 +243,19 @@ def connection_tokens(value: str) -> set[str]:
     return {canonical_name(token) for token in value.split(",") if token.strip()}
 
 
-def strip_cookies(cookie_header: str, own: str, own_prefix: str) -> str:
-    """The Cookie header without the proxy's own cookies; other cookies pass through byte for byte."""
+def strip_cookies(cookie_header: str, own: str, own_prefix: str) -> str | None:
+    """The Cookie header without the proxy's own cookies, or None when none of them was in it (the
+    header then passes unaltered). Names are compared by their exact bytes; every other pair is kept
+    exactly as sent, only the separators between kept pairs being rewritten."""
     kept = []
+    stripped = False
     for pair in cookie_header.split(";"):
-        name = pair.split("=", 1)[0].strip()
-        if name and name != own and not name.startswith(own_prefix):
-            kept.append(pair.strip())
-    return "; ".join(kept)
+        name = pair.split("=", 1)[0].strip(" \t")
+        if name == own or name.startswith(own_prefix):
+            stripped = True
+        elif pair.strip(" \t"):
+            kept.append(pair.strip(" \t"))
+    return "; ".join(kept) if stripped else None
 
 
 # What becomes of a request header, by its name alone (Connection-listed names aside).
@@ -194,9 +269,12 @@ class UpstreamHeaders:
     too many is classified afresh each time, never wrongly.
     """
 
-    def __init__(self, own_cookie: str, own_cookie_prefix: str, size: int = 1024) -> None:
+    def __init__(
+        self, own_cookie: str, own_cookie_prefix: str, extra: Iterable[str] = (), size: int = 1024
+    ) -> None:
         self._own = own_cookie
         self._own_prefix = own_cookie_prefix
+        self._extra = frozenset(canonical_name(name) for name in extra)
         self._size = size
         # name -> (fate, canonical name, whether it is the Connection header itself)
         self._names: dict[str, tuple[int, str, bool]] = {}
@@ -205,7 +283,13 @@ class UpstreamHeaders:
         found = self._names.get(name)
         if found is None:
             lowered = canonical_name(name)
-            if lowered in HOP_BY_HOP or lowered == "host" or is_identity_header(name):
+            if (
+                lowered in HOP_BY_HOP
+                or lowered == "host"
+                or lowered == "expect"
+                or (lowered in FRAMING and name.lower() != lowered)
+                or is_identity_header(name, self._extra)
+            ):
                 fate = _DROP
             else:
                 fate = _COOKIE if lowered == "cookie" else _KEEP
@@ -229,35 +313,73 @@ class UpstreamHeaders:
                 continue
             out.add(name, value)
         if cookies:
-            kept = strip_cookies("; ".join(cookies), self._own, self._own_prefix)
-            if kept:
+            # Several Cookie lines are one list (RFC 6265 §5.4 allows only one; HTTP/2 front ends split it).
+            joined = cookies[0] if len(cookies) == 1 else "; ".join(cookies)
+            kept = strip_cookies(joined, self._own, self._own_prefix)
+            if kept is None:
+                out["Cookie"] = joined
+            elif kept:
                 out["Cookie"] = kept
         return out
 
 
 def strip_for_upstream(
-    incoming: Iterable[tuple[str, str]], own_cookie: str, own_cookie_prefix: str
+    incoming: Iterable[tuple[str, str]], own_cookie: str, own_cookie_prefix: str, extra: Iterable[str] = ()
 ) -> CIMultiDict[str]:
-    """The client's headers as the upstream may see them: no hop-by-hop headers (nor any named in
-    `Connection`), no `Host`, no identity header in any spelling, and no cookie of the proxy's own."""
-    return UpstreamHeaders(own_cookie, own_cookie_prefix)(incoming)
+    """The client's headers as the upstream may see them: no hop-by-hop or framing headers (nor any
+    named in `Connection`), no `Host` or `Expect`, no identity header in any spelling (nor one of
+    `extra`), and no cookie of the proxy's own."""
+    return UpstreamHeaders(own_cookie, own_cookie_prefix, extra)(incoming)
 
 
-def spoofed_identity_headers() -> list[tuple[str, str]]:
-    """Every identity header the proxy sets, in the spellings lenient upstreams fold together."""
-    names = [*sorted(IDENTITY), "x-auth-request-user", "x-auth-request-email", "x-auth-request-access-token"]
-    spoofed: list[tuple[str, str]] = []
-    for name in names:
-        for variant in (name, name.upper(), name.title(), name.replace("-", "_"), name.replace("-", ".")):
-            spoofed.append((variant, "spoofed"))
-    return spoofed
+# One name under each stripped prefix, for the spoofing self-test and the tests.
+PREFIXED_SAMPLES = (
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-access-token",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-webauth-user",
+    "x-authentik-username",
+    "x-pomerium-claim-email",
+    "oidc-claim-email",
+    "x-amzn-oidc-identity",
+    "x-goog-authenticated-user-email",
+    "x-goog-iap-jwt-assertion",
+    "x-ms-client-principal-name",
+    "x-authproxy-jwt-assertion",
+)
 
 
-def self_test(own_cookie: str, own_cookie_prefix: str, strip: UpstreamHeaders | None = None) -> None:
+def spelling_variants(name: str) -> tuple[str, ...]:
+    """`name` as lenient upstreams fold it together: other cases, `_` and `.` for `-`."""
+    return (name, name.upper(), name.title(), name.replace("-", "_"), name.replace("-", "."))
+
+
+def spoofed_identity_headers(extra: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """Every identity header the proxy sets or strips, in the spellings lenient upstreams fold together."""
+    names = [*sorted(IDENTITY), *PREFIXED_SAMPLES, *(canonical_name(name) for name in extra)]
+    return [(variant, "spoofed") for name in names for variant in spelling_variants(name)]
+
+
+def self_test(
+    own_cookie: str, own_cookie_prefix: str, strip: UpstreamHeaders | None = None, extra: Iterable[str] = ()
+) -> None:
     """Refuse to run if a spoofed identity header or proxy cookie would survive the stripping (by
     `strip`, the filter the proxy will use, when given)."""
-    spoofed = [*spoofed_identity_headers(), ("Cookie", f"{own_cookie}=forged; {own_cookie_prefix}x=forged")]
-    strip = strip or UpstreamHeaders(own_cookie, own_cookie_prefix)
+    spoofed = [
+        *spoofed_identity_headers(extra),
+        ("Cookie", f"{own_cookie}=forged; {own_cookie_prefix}x=forged"),
+    ]
+    strip = strip or UpstreamHeaders(own_cookie, own_cookie_prefix, extra)
     stripped = strip(spoofed)
     survivors = [name for name, value in stripped.items() if "spoofed" in value or "forged" in value]
     if survivors:

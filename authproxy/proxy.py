@@ -10,13 +10,15 @@ user's upstream cookies to the next).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
 from authproxy import h1
@@ -28,6 +30,7 @@ log = structlog.get_logger("authproxy.proxy")
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Never forwarded back to the browser: framing is ours to decide, and aiohttp sets it.
 _RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
+_FORBIDDEN = re.compile(r"[\x00\r\n]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +127,51 @@ class _CoalescedResponse(web.StreamResponse):
     _send_headers_immediately = False
 
 
+class _ExactHeadResponse(web.StreamResponse):
+    """A response whose header bytes are the upstream's exactly, bytes that are not UTF-8 included.
+
+    The upstream client decodes header bytes as UTF-8 with `surrogateescape`; aiohttp's writer would
+    drop the escaped bytes (`filename="caf\xe9.txt"` would become `filename="caf.txt"`). Used only for
+    such answers: the head is serialized here, then handed to aiohttp's writer in place of its own.
+    """
+
+    async def _write_headers(self) -> None:
+        request, writer = self._req, self._payload_writer
+        if request is None or not isinstance(writer, StreamWriter) or not hasattr(writer, "_headers_buf"):
+            raise RuntimeError("this aiohttp version cannot send exact header bytes")
+        version = request.version
+        status_line = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"
+        await writer.write_headers(status_line, self._headers)  # runs aiohttp's own checks and hooks
+        writer._headers_buf = exact_head(status_line, self._headers.items())
+        if self._send_headers_immediately:
+            writer.send_headers()
+
+
+def exact_head(status_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """A response head with every header byte as received; CR, LF and NUL are never written."""
+    lines = [status_line, *(f"{name}: {value}" for name, value in headers)]
+    if any(_FORBIDDEN.search(line) for line in lines):
+        raise ValueError("a control character in a response header")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+def _escaped(value: str) -> bool:
+    """True when `value` holds bytes that were not UTF-8 (decoded to lone surrogates)."""
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 async def _relay(request: web.Request, upstream: h1.Response) -> web.StreamResponse:
-    kind = _CoalescedResponse if upstream.body_ready else web.StreamResponse
+    exact = any(_escaped(name) or _escaped(value) for name, value in upstream.headers)
+    kind = _ExactHeadResponse if exact else _CoalescedResponse if upstream.body_ready else web.StreamResponse
     response = kind(status=upstream.status, reason=upstream.reason)
+    if exact and upstream.body_ready:
+        response._send_headers_immediately = False
     listed: set[str] | None = None
     out = response.headers
     for name, value in upstream.headers:

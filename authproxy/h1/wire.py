@@ -3,8 +3,10 @@
 The head is framed the way aiohttp's client framed it, so upstreams see what they always saw: `Host`
 first (unless the caller sets one), the caller's headers in order, `Content-Length: 0` for a bodyless
 POST/PUT/PATCH/DELETE, and `Transfer-Encoding: chunked` for a body of unknown length. Header values
-are encoded as aiohttp encodes them (UTF-8, lone surrogates dropped), and a CR or LF inside a name or
-value is refused rather than sent, since it would let a value start a header or a request of its own.
+go out as the exact bytes the client sent: aiohttp's server decodes them as UTF-8 with
+`surrogateescape`, and encoding them the same way gives every byte back, UTF-8 or not. A CR or LF
+inside a name or value is refused rather than sent, since it would let a value start a header or a
+request of its own.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def request_head(
     text = "".join(lines)
     if text.count("\n") != len(lines) or text.count("\r") != len(lines):
         raise ValueError("newline or carriage return in a request header")
-    return text.encode("utf-8", "ignore"), chunked
+    return text.encode("utf-8", "surrogateescape"), chunked
 
 
 async def write_body(connection: Connection, body: StreamReader, chunked: bool) -> None:

@@ -10,7 +10,9 @@ import structlog
 from aiohttp import web
 
 from authproxy import pages
+from authproxy.cookies import ConflictingCookies
 from authproxy.errors import AuthproxyError, LoginError, LoginExpired
+from authproxy.headers import combined
 from authproxy.runtime import RUNTIME
 
 log = structlog.get_logger("authproxy")
@@ -54,7 +56,8 @@ def peer_trusted(request: web.Request) -> bool:
 
 
 def end_user_ip(request: web.Request) -> str:
-    return request.app[RUNTIME].client_ips.client(request.remote, request.headers.get("X-Forwarded-For"))
+    forwarded_for = combined(request.headers.getall("X-Forwarded-For", ()))
+    return request.app[RUNTIME].client_ips.client(request.remote, forwarded_for)
 
 
 def user_agent(request: web.Request) -> str:
@@ -90,13 +93,19 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 def render_error(request: web.Request, exc: AuthproxyError) -> web.Response:
     rid = request_id(request)
     log.info("request.error", code=exc.code, status=exc.status, detail=exc.detail, request_id=rid)
-    if api_client(request):
-        return pages.json_error(exc.status, exc.code, exc.public, rid)
     runtime = request.app[RUNTIME]
-    retry = f"{runtime.prefix}/start" if isinstance(exc, LoginError) or exc.status == 401 else None
-    return pages.error_page(
-        exc.status, _title(exc), exc.public, rid, retry_url=retry, branding=runtime.branding
-    )
+    if api_client(request):
+        response = pages.json_error(exc.status, exc.code, exc.public, rid)
+    else:
+        again = isinstance(exc, LoginError | ConflictingCookies) or exc.status == 401
+        retry = f"{runtime.prefix}/start" if again else None
+        response = pages.error_page(
+            exc.status, _title(exc), exc.public, rid, retry_url=retry, branding=runtime.branding
+        )
+    if isinstance(exc, ConflictingCookies):
+        # Both copies go, so the sign-in this page offers ends with one session cookie, not two.
+        runtime.cookie.clear_everywhere(response)
+    return response
 
 
 def _title(exc: AuthproxyError) -> str:
@@ -106,6 +115,8 @@ def _title(exc: AuthproxyError) -> str:
         return "Service unavailable"
     if isinstance(exc, LoginExpired):
         return "Sign-in expired"
+    if isinstance(exc, ConflictingCookies):
+        return "Sign in again"
     if isinstance(exc, LoginError):
         return "Sign-in failed"
     return "Something went wrong"

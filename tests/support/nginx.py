@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from support.harness import free_port
+from support.listening import wait_until_listening
 
 SITE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "authproxy.conf"
 DEBIAN_NGINX = "/usr/sbin/nginx"
@@ -238,29 +239,10 @@ async def start_nginx(*, https_port: int, authproxy_url: str, app_url: str) -> N
         )
     nginx = Nginx(f"https://127.0.0.1:{https_port}", directory, process)
     try:
-        await _wait_until_listening(nginx, https_port)
+        await wait_until_listening(
+            "nginx", nginx.process, https_port, lambda: nginx.log("stderr.log") + nginx.log(), START_TIMEOUT
+        )
     except BaseException:
         await nginx.stop()
         raise
     return nginx
-
-
-async def _wait_until_listening(nginx: Nginx, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_TIMEOUT
-    while True:
-        if nginx.process.returncode is not None:
-            raise AssertionError(
-                f"nginx exited with status {nginx.process.returncode} before listening:\n"
-                f"{nginx.log('stderr.log')}{nginx.log()}"
-            )
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if loop.time() > deadline:
-                raise AssertionError(f"nginx did not listen on port {port}:\n{nginx.log()}") from None
-            await asyncio.sleep(0.02)
-        else:
-            writer.close()
-            await writer.wait_closed()
-            return
