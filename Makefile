@@ -19,8 +19,9 @@ demo: $(STAMP)
 
 test: system-deps lint typecheck unit
 
-# Servers the end-to-end tests start themselves on loopback ports (nginx, redis-server; the system
-# services stay unused), wrk for the benchmark's smoke test, and the Chromium that tests/test_browser.py
+# Servers the end-to-end tests start themselves on loopback ports (nginx, redis-server, haproxy, and the
+# Tomcat 10 and Jetty 9 servlet containers with a JDK to build their test webapp; the system services
+# stay unused), wrk for the benchmark's smoke test, and the Chromium that tests/test_browser.py
 # drives (Playwright's own browser download is not used).
 system-deps: bench-deps
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
@@ -32,6 +33,13 @@ system-deps: bench-deps
 	@test -x /usr/bin/chromium || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends haproxy; }
+	@test -d /usr/share/tomcat10/lib && test -f /usr/share/jetty9/start.jar && command -v javac >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    tomcat10 jetty9 default-jdk-headless; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check authproxy tests bench

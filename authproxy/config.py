@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from authproxy.errors import ConfigError
+from authproxy.paths import parse_route_rule
 from authproxy.redirect import RedirectPolicy
 
 __all__ = ["Config", "ConfigError", "load"]
@@ -100,14 +101,6 @@ def _cidr(value: Any) -> IPNetwork:
         raise ValueError(f"{value!r} is not an IP address or CIDR such as 10.0.0.0/8") from None
 
 
-def parse_route_rule(rule: str) -> tuple[str | None, re.Pattern[str]]:
-    """Split a `"GET ^/healthz$"` or `"^/public/"` rule into (method or None, compiled regex)."""
-    method, sep, pattern = rule.partition(" ")
-    if sep and re.fullmatch(r"[A-Z]+", method):
-        return method, re.compile(pattern.strip())
-    return None, re.compile(rule)
-
-
 def _route_rule(rule: str) -> str:
     try:
         parse_route_rule(rule)
@@ -126,6 +119,16 @@ def _redirect_domain(value: str) -> str:
 
 
 RouteRule = Annotated[str, AfterValidator(_route_rule)]
+
+
+def _header_name(value: str) -> str:
+    # RFC 9110 token characters: anything else could never match a header the proxy receives.
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        raise ValueError(f"not a header name: {value!r}")
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
 RedirectDomain = Annotated[str, AfterValidator(_redirect_domain)]
 
 
@@ -256,6 +259,8 @@ class UpstreamConfig(Section):
 class RoutesConfig(Section):
     skip_auth: list[RouteRule] = []
     api: list[RouteRule] = []
+    # Send each segment's `;parameters` (`;jsessionid=...`) upstream; the rules still judge without them.
+    keep_path_parameters: bool = False
 
 
 class AuthorizationConfig(Section):
@@ -277,6 +282,7 @@ class RedirectsConfig(Section):
 class HeadersConfig(Section):
     profile: Literal["oauth2-proxy"] = "oauth2-proxy"
     pass_access_token: bool = False
+    strip_extra: list[HeaderName] = []
 
 
 def _logo(value: str) -> str:

@@ -87,6 +87,14 @@ class LoginRejected(LoginError):
         self.error_code = error_code
 
 
+class AmbiguousRequest(AuthproxyError):
+    """The request could be read two ways (its target, a header's bytes): refused rather than guessed."""
+
+    code = "ambiguous_request"
+    status = 400
+    message = "This request is malformed or ambiguous, and was not passed on."
+
+
 class AccessDenied(AuthproxyError):
     """The user signed in but the `[authorization]` rules do not admit them."""
 

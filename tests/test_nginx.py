@@ -262,6 +262,36 @@ async def test_skip_auth_routes_follow_the_original_request(
     assert (await fetch(browser, escaped, headers=JSON)).status == 401
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/admin/x;.css",  # `;.css` is a parameter to a servlet container: the app serves /admin/x
+        "/admin/x;a=1.css",
+        "/admin/x%3b.css",
+        "/public/..;/admin",
+        "/public/%2e%2e;/admin",
+        "/public/%2e%2e/admin",
+        "/public/%%32e%%32e/admin",
+        "/public/%25%32%65%25%32%65/admin",
+        "/public//../admin",
+        "/%70ublic/x.css/../../admin",
+    ],
+)
+async def test_forward_auth_judges_the_canonical_path(
+    site_factory: SiteFactory, browser: Browser, raw: str
+) -> None:
+    """In `auth_request` mode nginx, not authproxy, sends the request on, as the client spelled it. No
+    spelling may pass anonymously unless it already is the canonical public path: an ambiguous one
+    is refused by authproxy (nginx then answers 500), the others need a session."""
+    site = await site_factory(routes={"skip_auth": ["GET ^/public/", "\\.css$"]})
+    answer = await fetch(browser, URL(f"{site.url}{raw}", encoded=True), headers=JSON)
+    assert answer.status in (400, 401, 500), (raw, answer.status, answer.text[:200])
+    assert answer.headers.get("X-Upstream") != "echo"
+    # The plain spellings of the same rules still pass without a session.
+    for public in ("/public/page", "/assets/site.css"):
+        assert (await fetch(browser, f"{site.url}{public}", headers=JSON)).status == 200
+
+
 async def test_sign_out_through_nginx_ends_the_session(site: Site, browser: Browser, devidp: DevIdp) -> None:
     await sign_in(site, browser)
     session = browser.cookie(site.cookie_name)

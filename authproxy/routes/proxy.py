@@ -1,7 +1,8 @@
 """The catch-all route: decide whether a request may pass, then hand it to the forwarder.
 
-Policy lives here — skip-auth and API rules on the normalized path, the cached session check, the
-`[authorization]` rules, identity headers — while the forwarder below knows nothing of sessions.
+Policy lives here — the canonical target (refused with 400 when ambiguous), skip-auth and API rules on
+its path, the cached session check, the `[authorization]` rules, identity headers — while the
+forwarder below knows nothing of sessions.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from multidict import CIMultiDict
 
 from authproxy import audit, pages, websocket
 from authproxy.authorization import denial
-from authproxy.errors import AccessDenied, SessionRejected
-from authproxy.headers import forwarded_value
+from authproxy.errors import AccessDenied, AmbiguousRequest, SessionRejected
+from authproxy.headers import combined, forwarded_value
 from authproxy.logs import fingerprint
-from authproxy.paths import normalize_path
+from authproxy.paths import AmbiguousTarget, Target, canonical_target, split_absolute
+from authproxy.provider.checker import SessionKnownDead
 from authproxy.provider.user import User
 from authproxy.proxy import forward
 from authproxy.routes.auth import start_url
@@ -25,33 +27,62 @@ from authproxy.session.model import Session
 
 async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    # Classify and forward the same normalized path, so the upstream routes what the rules judged.
-    raw_path = request.raw_path
-    path = normalize_path(raw_path)
-    query = raw_path.partition("?")[2]
+    # One canonical target decides everything below and is what the upstream receives.
+    target = request_target(request, runtime.config.routes.keep_path_parameters)
+    path = target.path
     upstream = runtime.router.pick(path)
     if upstream is None:
         message = "No application is configured for this path."
         return pages.error_page(404, "Not found", message, request_id(request), branding=runtime.branding)
     user: User | None = None
     session: Session | None = None
-    if not runtime.routes.skip_auth(request.method, raw_path, path):
+    if not runtime.routes.skip_auth(request.method, path):
         session = await load_session(request, runtime)
         if session is None:
-            return unauthenticated(request, runtime)
+            return unauthenticated(request, runtime, target)
         user = await check_session(request, runtime, session)
         if user is None:
-            response = unauthenticated(request, runtime)
+            response = unauthenticated(request, runtime, target)
             runtime.cookie.clear(response)
             return response
     headers = _upstream_headers(request, runtime, user, session)
-    target = f"{path}?{query}" if query else path
     if websocket.is_upgrade(request):
-        url = upstream.url + target
+        # aiohttp's client drops bytes that are not UTF-8 from header values; refuse rather than alter.
+        if not _utf8(headers):
+            raise AmbiguousRequest("a websocket handshake header is not UTF-8")
+        url = upstream.url + target.wire_target
         return await websocket.bridge(runtime.http, request, url, headers, upstream.timeout)
     return await forward(
-        runtime.pool, request, upstream, headers, target, runtime.metrics.upstream_latency.observe
+        runtime.pool, request, upstream, headers, target.wire_target, runtime.metrics.upstream_latency.observe
     )
+
+
+def request_target(request: web.Request, keep_parameters: bool = False) -> Target:
+    """The canonical target of `request`; AmbiguousRequest (400) when it cannot be judged unambiguously.
+
+    An absolute-form target (`GET http://host/path`) is judged by its path when its authority is the
+    request's `Host`; when the two disagree, upstreams differ on which one wins, so it is refused.
+    """
+    raw = request.raw_path
+    if not raw.startswith("/"):
+        split = split_absolute(raw)
+        if split is None or split[0].lower() != request.headers.get("Host", "").lower():
+            raise AmbiguousRequest("a request target that is neither a path nor an absolute URL of this host")
+        raw = split[1]
+    try:
+        return canonical_target(raw, keep_parameters=keep_parameters)
+    except AmbiguousTarget as exc:
+        raise AmbiguousRequest(f"request target refused: {exc.reason}") from None
+
+
+def _utf8(headers: CIMultiDict[str]) -> bool:
+    try:
+        for name, value in headers.items():
+            name.encode("utf-8")
+            value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def load_session(request: web.Request, runtime: Runtime) -> Session | None:
@@ -63,9 +94,17 @@ async def check_session(request: web.Request, runtime: Runtime, session: Session
     """The user if CentralAuth (or the cache) vouches for the session now; None if it ended it.
 
     An outage raises CentralAuthUnavailable (a 503, the session kept) unless the stale window covers it.
+    A token already known dead (signed out, or refused before) is None without asking anyone.
     """
     try:
-        outcome = await runtime.checker.check(session.access_token, end_user_ip(request), user_agent(request))
+        outcome = await runtime.checker.check(
+            session.access_token,
+            end_user_ip(request),
+            user_agent(request),
+            lifetime=session.expires_at - runtime.clock(),
+        )
+    except SessionKnownDead:
+        return None  # its end was audited, and its record deleted, when it was first seen
     except SessionRejected as exc:
         runtime.metrics.revoked.inc()
         audit.event(
@@ -74,8 +113,9 @@ async def check_session(request: web.Request, runtime: Runtime, session: Session
             reason=exc.error_code,
             session=fingerprint(session.access_token),
         )
-        await runtime.store.delete(request.cookies.get(runtime.cookie.name, ""))
-        await runtime.store.revoked(session.access_token)
+        # When the code says the session is over, the checker has already recorded the token dead and
+        # told the other replicas.
+        await runtime.store.delete(runtime.session_cookie(request) or "")
         return None
     runtime.metrics.count_session_check(outcome.source)
     rule = denial(outcome.user, runtime.rules)
@@ -85,13 +125,13 @@ async def check_session(request: web.Request, runtime: Runtime, session: Session
     return outcome.user
 
 
-def unauthenticated(request: web.Request, runtime: Runtime) -> web.Response:
-    api = runtime.routes.api(request.method, request.raw_path) or pages.wants_json(
+def unauthenticated(request: web.Request, runtime: Runtime, target: Target) -> web.Response:
+    api = runtime.routes.api(request.method, target.path) or pages.wants_json(
         request.headers.get("Accept", ""), request.headers.get("X-Requested-With", ""), api_route=False
     )
     if api:
         return pages.json_error(401, "unauthorized", "Sign in required.", request_id(request))
-    location = start_url(runtime, request.raw_path)
+    location = start_url(runtime, target.wire_target)
     return web.Response(status=302, headers={"Location": location, **pages.MARKER})
 
 
@@ -101,12 +141,10 @@ def _upstream_headers(
     headers = runtime.upstream_headers(request.headers.items())
     trusted = peer_trusted(request)
     headers["X-Forwarded-For"] = end_user_ip(request)
-    headers["X-Forwarded-Proto"] = forwarded_value(request.headers.get("X-Forwarded-Proto"), trusted) or (
-        request.scheme
-    )
-    headers["X-Forwarded-Host"] = forwarded_value(request.headers.get("X-Forwarded-Host"), trusted) or (
-        request.host
-    )
+    proto = combined(request.headers.getall("X-Forwarded-Proto", ()))
+    host = combined(request.headers.getall("X-Forwarded-Host", ()))
+    headers["X-Forwarded-Proto"] = forwarded_value(proto, trusted) or request.scheme
+    headers["X-Forwarded-Host"] = forwarded_value(host, trusted) or request.host
     headers["X-Request-Id"] = request_id(request)
     if user is not None and session is not None:
         headers["X-Forwarded-User"] = user.id
