@@ -1,9 +1,13 @@
 """Sessions in Redis, shared by two proxy replicas: login, sign-out and revocation reach every replica;
-a Redis outage is a 503 that keeps the session, and service resumes when Redis returns."""
+a Redis outage is a 503 that keeps the session, and service resumes when Redis returns. Dead tokens are
+recorded in Redis, so a replica refuses them without asking CentralAuth, and fall back on each replica's
+own memory while Redis is away."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,8 +18,10 @@ from conftest import DevIdp, ProxyFactory
 from support.harness import BROWSER_UA, Browser, Proxy
 from support.redis_server import RedisServer
 
+from authproxy.errors import SessionRejected
+from authproxy.provider.checker import SessionKnownDead
 from authproxy.runtime import RUNTIME
-from authproxy.session.redis import KEY_PREFIX
+from authproxy.session.redis import DEAD_PREFIX, KEY_PREFIX
 
 API = {"Accept": "application/json", "User-Agent": BROWSER_UA}
 
@@ -163,3 +169,122 @@ async def test_outage_during_login_leaves_no_session(
         assert browser.cookie(first.app[RUNTIME].cookie.name) is None
     finally:
         await browser.close()
+
+
+# --- dead tokens shared through Redis ------------------------------------------------------------------
+
+
+async def userinfo_calls(devidp: DevIdp) -> int:
+    return (await devidp.stats())["userinfo"]
+
+
+async def token_of(proxy: Proxy, value: str) -> tuple[str, float]:
+    session = await proxy.app[RUNTIME].store.load(value)
+    assert session is not None
+    return session.access_token, session.expires_at
+
+
+async def test_a_token_rejected_on_one_replica_is_refused_by_the_others_without_a_call(
+    replicas: tuple[Proxy, Proxy],
+    signed_in: tuple[str, str],
+    devidp: DevIdp,
+    proxy_factory: ProxyFactory,
+    redis_server: RedisServer,
+) -> None:
+    first, second = replicas
+    name, value = signed_in
+    token, expires_at = await token_of(first, value)
+    digest = hashlib.sha256(token.encode()).digest()
+    assert await status_with(second, name, value) == 200  # cached on the second replica
+    await devidp.end_sessions("ada@example.com")
+    first.app[RUNTIME].checker.evict(token)
+    before = await userinfo_calls(devidp)
+    assert await status_with(first, name, value) == 401  # the first replica learns it from CentralAuth
+    assert await userinfo_calls(devidp) - before == 1
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        remaining = await client.ttl(DEAD_PREFIX + digest.hex())
+    finally:
+        await client.aclose()
+    assert 0 < remaining <= expires_at - time.time() + 1  # for the rest of the session's life, no longer
+    # The listening replica was told at once; one started afterwards finds the record in Redis.
+    for _ in range(50):
+        if second.app[RUNTIME].checker.dead.holds(digest):
+            break
+        await asyncio.sleep(0.02)
+    assert second.app[RUNTIME].checker.dead.holds(digest)
+    assert await status_with(second, name, value) == 401
+    third = await proxy_factory(
+        session={"store": "redis", "redis_url": redis_server.url}, server={"public_url": first.url}
+    )
+    for agent in (BROWSER_UA, "another agent"):
+        with pytest.raises(SessionKnownDead):
+            await third.app[RUNTIME].checker.check(token, "127.0.0.1", agent)
+    assert await userinfo_calls(devidp) - before == 1
+
+
+async def test_a_sign_out_on_one_replica_costs_the_others_no_call(
+    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str], devidp: DevIdp
+) -> None:
+    first, second = replicas
+    name, value = signed_in
+    token, _ = await token_of(first, value)
+    async with ClientSession(headers={"User-Agent": BROWSER_UA}) as http:
+        async with http.post(
+            f"{first.url}/oauth2/sign_out",
+            headers={"Cookie": f"{name}={value}", "Origin": first.url},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 302
+    before = await userinfo_calls(devidp)
+    for agent in [f"agent {i}" for i in range(20)]:
+        with pytest.raises(SessionKnownDead):
+            await second.app[RUNTIME].checker.check(token, "127.0.0.1", agent)
+    assert await status_with(second, name, value) == 401
+    assert await userinfo_calls(devidp) - before == 0
+
+
+async def test_with_redis_stopped_the_local_memory_still_answers(
+    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str], devidp: DevIdp, redis_server: RedisServer
+) -> None:
+    first, _ = replicas
+    checker = first.app[RUNTIME].checker
+    name, value = signed_in
+    dead_token, _ = await token_of(first, value)
+    live: dict[str, str] = {}
+    for email in ("bob@example.com", "carol@example.com"):
+        browser = Browser()
+        try:
+            status, _, _ = await browser.login(f"{first.url}/", email)
+            assert status == 200
+            cookie = browser.cookie(name)
+            assert cookie
+            live[email] = (await token_of(first, cookie))[0]
+        finally:
+            await browser.close()
+    await devidp.end_sessions("ada@example.com")
+    checker.evict(dead_token)
+    assert await status_with(first, name, value) == 401
+    before = await userinfo_calls(devidp)
+
+    redis_server.stop()
+    assert await status_with(first, name, value) == 503  # the session store is away: a 503, never a 500
+    with pytest.raises(SessionKnownDead):
+        await checker.check(dead_token, "127.0.0.1", "yet another agent")
+    assert await userinfo_calls(devidp) - before == 0
+    # A live session is still checked with CentralAuth, not refused for want of the shared memory.
+    bob = live["bob@example.com"]
+    checker.evict(bob)
+    assert (await checker.check(bob, "127.0.0.1", BROWSER_UA)).user.email == "bob@example.com"
+    # Deaths seen meanwhile are remembered locally, whether signed out or refused by CentralAuth.
+    await checker.revoke(bob, 60.0)
+    with pytest.raises(SessionKnownDead):
+        await checker.check(bob, "127.0.0.1", BROWSER_UA)
+    carol = live["carol@example.com"]
+    await devidp.end_sessions("carol@example.com")
+    checker.evict(carol)
+    with pytest.raises(SessionRejected):
+        await checker.check(carol, "127.0.0.1", BROWSER_UA)
+    with pytest.raises(SessionKnownDead):
+        await checker.check(carol, "127.0.0.1", "a thief's agent")
+    assert await userinfo_calls(devidp) - before == 2

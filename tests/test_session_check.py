@@ -193,3 +193,71 @@ async def test_the_check_cache_is_bounded(proxy_factory: ProxyFactory, devidp: D
     finally:
         for browser in browsers:
             await browser.close()
+
+
+# --- dead cookies -------------------------------------------------------------------------------------
+
+
+async def replay(proxy: Proxy, cookie: str, agents: list[str], *, concurrently: bool) -> list[int]:
+    """The statuses of one request per user agent, each carrying the same session cookie."""
+    name = proxy.app[RUNTIME].cookie.name
+
+    async def one(http: ClientSession, agent: str) -> int:
+        headers = {"Cookie": f"{name}={cookie}", "User-Agent": agent, **API}
+        async with http.get(f"{proxy.url}/x", headers=headers, allow_redirects=False) as response:
+            return response.status
+
+    async with ClientSession() as http:
+        if concurrently:
+            return list(await asyncio.gather(*(one(http, agent) for agent in agents)))
+        return [await one(http, agent) for agent in agents]
+
+
+async def test_a_session_ended_at_centralauth_costs_at_most_a_handful_of_calls_whatever_the_agent(
+    short_ttl_proxy: Proxy, browser: Browser, devidp: DevIdp
+) -> None:
+    proxy = short_ttl_proxy
+    await browser.login(f"{proxy.url}/", "ada@example.com")
+    cookie = browser.cookie(proxy.app[RUNTIME].cookie.name)
+    assert cookie
+    await devidp.end_sessions("ada@example.com")
+    await asyncio.sleep(0.6)  # past session_check_ttl: the cached answer is gone
+    before = await userinfo_calls(devidp)
+    statuses = await replay(proxy, cookie, [f"agent {i}" for i in range(300)], concurrently=True)
+    concurrent_calls = await userinfo_calls(devidp) - before
+    statuses += await replay(proxy, cookie, [f"agent {i}" for i in range(300, 600)], concurrently=False)
+    calls = await userinfo_calls(devidp) - before
+    print(f"dead cookie, 300 agents: {concurrent_calls} userinfo calls concurrently, {calls} with sequential")
+    assert statuses == [401] * 600
+    assert calls <= 3
+    revoked = proxy.app[RUNTIME].metrics.registry.get_sample_value("authproxy_sessions_revoked_total")
+    assert revoked == 1  # one revocation audited, not 600
+
+
+@pytest.mark.parametrize("session_wide", [True, False])
+async def test_a_signed_out_cookie_replayed_costs_no_call(
+    proxy_factory: ProxyFactory, browser: Browser, devidp: DevIdp, session_wide: bool
+) -> None:
+    proxy = await proxy_factory(centralauth={"logout_session_wide": session_wide})
+    await browser.login(f"{proxy.url}/", "ada@example.com")
+    cookie = browser.cookie(proxy.app[RUNTIME].cookie.name)
+    assert cookie
+    async with browser.http.get(
+        f"{proxy.url}/oauth2/sign_out", headers={"Sec-Fetch-Site": "same-origin"}, allow_redirects=False
+    ) as response:
+        assert response.status == 302
+    before = await userinfo_calls(devidp)
+    # Even from the browser that signed in, and even when the CentralAuth session lives on (local-only
+    # sign-out), a copy of the cookie is refused here.
+    assert await replay(proxy, cookie, [BROWSER_UA], concurrently=False) == [401]
+    statuses = await replay(proxy, cookie, [f"agent {i}" for i in range(300)], concurrently=True)
+    statuses += await replay(proxy, cookie, [f"agent {i}" for i in range(300)], concurrently=False)
+    assert statuses == [401] * 600
+    assert await userinfo_calls(devidp) - before == 0
+    async with ClientSession() as http:
+        headers = {"Cookie": f"{proxy.app[RUNTIME].cookie.name}={cookie}", "Accept": "text/html"}
+        async with http.get(f"{proxy.url}/x", headers=headers, allow_redirects=False) as response:
+            assert response.status == 302  # treated like no session: to the login, with the cookie cleared
+            assert URL(response.headers["Location"]).path == "/oauth2/start"
+            cleared = [c for c in response.headers.getall("Set-Cookie") if c.startswith("_authproxy=")]
+            assert cleared and "Max-Age=0" in cleared[0]

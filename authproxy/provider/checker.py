@@ -1,11 +1,36 @@
-"""The per-request session check: userinfo answers cached briefly, shared between concurrent requests.
+"""The per-request session check: userinfo answers cached briefly, shared between concurrent requests,
+and dead tokens remembered so that replaying one costs no CentralAuth call.
 
-Answers are keyed by (SHA-256 of the token, client IP, user agent) — never by token alone, or a stolen
-cookie replayed from another IP or browser would skip CentralAuth's hijack check for the whole TTL (W8).
+Answers are keyed by (SHA-256 of the token, client IP, 16-byte BLAKE2b of the user agent) — never by
+token alone, or a stolen cookie replayed from another IP or browser would skip CentralAuth's hijack check
+for the whole TTL. The user agent is kept only as that digest: a client may send up to 8 KB of it, and
+varying it per request must not grow the cache by kilobytes an entry.
+
 Concurrent checks of one key share one call (a page firing 30 asset requests costs one userinfo call).
-Only positive answers are cached; a definite rejection evicts every entry of that token. On an outage
-the last good answer may be reused for `stale_grace` seconds past its TTL when `on_outage = "stale"`.
-The cache is an LRU bounded by entry count, so memory cannot grow without limit.
+A miss for a token whose call is already in flight under another key (another IP or user agent) waits for
+that call first, bounded by `wait`: if CentralAuth rejected it, the token is dead and no call is made; if
+it succeeded, the new key still makes its own call, since the answer depends on IP and user agent (hijack
+protection) and a positive answer is never reused across keys.
+
+Only positive answers are cached. A definite rejection evicts every entry of that token; one whose error
+code says the session is over (`SESSION_ENDED`: expired, logged out, missing, invalid — CentralAuth ends
+the whole session on a hijack mismatch, so that one is about the token too) also puts its digest in the
+dead-token memory, as does a sign-out; from then on the token is refused at once
+(`SessionKnownDead`) until its session would have expired anyway, at most `dead_lifetime` seconds. With a
+`shared` memory (Redis) dead tokens are also recorded there, and looked up before every call, so other
+replicas refuse them without asking CentralAuth; the shared memory's failures never raise.
+
+On an outage the last good answer may be reused for `stale_grace` seconds past its TTL when
+`on_outage = "stale"`.
+
+Memory, measured with tracemalloc on CPython 3.11 (tests/test_memory.py holds the code to these numbers):
+- check cache: an LRU bounded by `max_entries`, and entries past TTL + stale window are dropped as new ones
+  arrive. An entry costs under 400 bytes whatever the size of the user agent: the key (the IP string, the
+  16-byte agent digest, the token digest shared by a token's entries), the LRU slot, the timestamp and the
+  token index. A session's first entry also holds its token digest and the User that CentralAuth returned:
+  about 700 bytes in all for typical ids and e-mail; further entries of a token share an equal User.
+- dead tokens: an LRU of 32-byte digests bounded by `max_entries` too, about 200 bytes each.
+- the token memo: the SHA-256 of the 10,000 most recently seen tokens, each held with its token.
 """
 
 from __future__ import annotations
@@ -16,13 +41,45 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
 from authproxy.provider.user import User
 
-Key = tuple[bytes, str, str]
-_AGENTS_MAX = 4096
+Key = tuple[bytes, str, bytes]  # token digest, client IP, user-agent digest
 Fetch = Callable[[str, str, str], Awaitable[User]]
+_AGENT_DIGEST_SIZE = 16
+# CentralAuth's error codes that say the session or token itself is over (expired, logged out, not
+# found, undecryptable, or invalidated by hijack protection, which ends the whole session).
+SESSION_ENDED = frozenset(
+    {
+        "tokenInvalid",
+        "tokenMissing",
+        "sessionMissing",
+        "sessionNotVerified",
+        "sessionExpired",
+        "sessionInactive",
+        "sessionInvalid",
+    }
+)
+_DIGESTS_MAX = 10_000
+
+
+class SessionKnownDead(SessionRejected):
+    """The token was already known dead: no call was made, and nothing new needs recording or auditing."""
+
+    def __init__(self) -> None:
+        super().__init__("known_dead")
+
+
+class SharedDeadTokens(Protocol):
+    """Dead-token memory shared between replicas. Neither method may raise: an outage is 'not known'."""
+
+    async def dead_for(self, digest: bytes) -> float | None:
+        """Seconds the token with this SHA-256 is still remembered dead, or None if it is not (or unknown)."""
+
+    async def record_dead(self, digest: bytes, lifetime: float) -> None:
+        """Remember the token dead for `lifetime` seconds, and tell the other replicas now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +92,42 @@ class Outcome:
 class _Entry:
     user: User
     fetched_at: float
+
+
+class DeadTokens:
+    """Digests of dead tokens, each until its session would have expired anyway; an LRU bounded by count.
+
+    Entries past their time are dropped when looked up, and from the old end as new ones arrive.
+    """
+
+    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+        self._until: OrderedDict[bytes, float] = OrderedDict()
+        self._max = max_entries
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def holds(self, digest: bytes) -> bool:
+        """Whether the token with this digest is (still) known dead."""
+        until = self._until.get(digest)
+        if until is None:
+            return False
+        if self._clock() >= until:
+            del self._until[digest]
+            return False
+        self._until.move_to_end(digest)
+        return True
+
+    def add(self, digest: bytes, lifetime: float) -> None:
+        now = self._clock()
+        self._until[digest] = now + lifetime
+        self._until.move_to_end(digest)
+        while self._until:
+            oldest, until = next(iter(self._until.items()))
+            if len(self._until) <= self._max and until > now:
+                break
+            del self._until[oldest]
 
 
 class _TokenIndex:
@@ -68,6 +161,12 @@ class _TokenIndex:
         elif found == key:
             del self._keys[key[0]]
 
+    def any(self, digest: bytes) -> Key | None:
+        found = self._keys.get(digest)
+        if isinstance(found, set):
+            return next(iter(found), None)
+        return found
+
     def pop(self, digest: bytes) -> set[Key]:
         found = self._keys.pop(digest, None)
         if found is None:
@@ -83,49 +182,93 @@ class SessionChecker:
         ttl: float,
         stale_grace: float = 0.0,
         max_entries: int = 100_000,
+        dead_lifetime: float = 86400.0,
+        wait: float = 5.0,
+        shared: SharedDeadTokens | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch
         self._ttl = ttl
         self._stale_grace = stale_grace
         self._max = max_entries
+        self._dead_lifetime = dead_lifetime
+        self._wait = wait
+        self._shared = shared
         self._clock = clock
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._by_token = _TokenIndex()
-        # Requests carry a fresh copy of the same few user agents; stored keys share one copy each.
-        self._agents: dict[str, str] = {}
+        self.dead = DeadTokens(max_entries, clock)
         self._inflight: dict[Key, asyncio.Future[User]] = {}
+        # The latest call started for each token, whatever its key: a miss under another key waits for it.
+        self._inflight_token: dict[bytes, asyncio.Future[User]] = {}
         # A browser presents the same token on every request: hash it once, not per request.
-        self._digests: dict[str, bytes] = {}
-        self._digests_max = min(max_entries, 10_000)
+        self._digests: OrderedDict[str, bytes] = OrderedDict()
+        self._digests_max = min(max_entries, _DIGESTS_MAX)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def check(self, token: str, client_ip: str, user_agent: str) -> Outcome:
-        """The user behind `token` as CentralAuth sees it now (or within the TTL)."""
-        digest = self._digests.get(token)
-        if digest is None:
-            digest = _digest(token)
-            if len(self._digests) >= self._digests_max:
-                del self._digests[next(iter(self._digests))]  # the oldest
-            self._digests[token] = digest
-        key = (digest, client_ip, user_agent)
+    async def check(
+        self, token: str, client_ip: str, user_agent: str, *, lifetime: float | None = None
+    ) -> Outcome:
+        """The user behind `token` as CentralAuth sees it now (or within the TTL).
+
+        `lifetime` is how long the session has left; a token found dead is remembered that long (at most
+        `dead_lifetime`). Raises `SessionKnownDead` for a token already known dead, `SessionRejected` when
+        CentralAuth has just refused it, `CentralAuthUnavailable` on an outage the stale window misses.
+        """
+        digest = self._digests.get(token) or self._digest(token)
+        key = (digest, client_ip, agent_digest(user_agent))
         entry = self._entries.get(key)
-        now = self._clock()
-        if entry is not None and now - entry.fetched_at < self._ttl:
+        # A hit needs no dead-token lookup: marking a token dead evicts its entries, and none is stored
+        # for a dead token.
+        if entry is not None and self._clock() - entry.fetched_at < self._ttl:
             self._entries.move_to_end(key)
             return Outcome(entry.user, "hit")
-        task = self._inflight.get(key)
-        source = "coalesced"
-        if task is None:
-            source = "miss"
-            task = asyncio.ensure_future(self._refresh(key, token, client_ip, user_agent))
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._finished(key, done))
+        return await self._miss(key, token, client_ip, user_agent, lifetime)
+
+    async def _miss(
+        self, key: Key, token: str, client_ip: str, user_agent: str, lifetime: float | None
+    ) -> Outcome:
+        digest = key[0]
+        deadline: float | None = None  # loop time until which a miss waits on another key's call
+        while True:
+            if self.dead.holds(digest):
+                raise SessionKnownDead()
+            entry = self._entries.get(key)
+            if entry is not None and self._clock() - entry.fetched_at < self._ttl:
+                self._entries.move_to_end(key)
+                return Outcome(entry.user, "hit")
+            task = self._inflight.get(key)
+            if task is not None:
+                source = "coalesced"
+                break
+            other = self._inflight_token.get(digest)
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self._wait
+            remaining = deadline - loop.time()
+            if other is None or other.done() or remaining <= 0:
+                task, source = self._start(key, token, client_ip, user_agent, lifetime), "miss"
+                break
+            # asyncio.wait never cancels `other`: this request going away leaves the call to the others.
+            await asyncio.wait((other,), timeout=remaining)
+            if not _answered(other):
+                deadline = loop.time()  # an outage or a stuck call says nothing about this key: ask now
+            # Round again: a rejection has made the token dead; after a success this key still needs its
+            # own answer, and another key's call may have started meanwhile.
         try:
             # shield: one waiter going away (client disconnect) must not cancel the call for the others.
-            return Outcome(await asyncio.shield(task), source)
+            user = await asyncio.shield(task)
+            if self.dead.holds(digest):  # signed out, or refused under another key, while the call ran
+                raise SessionKnownDead()
+            return Outcome(user, source)
+        except SessionKnownDead:
+            raise
+        except SessionRejected:
+            if source == "coalesced":
+                raise SessionKnownDead() from None  # the request that made the call reports the rejection
+            raise
         except CentralAuthUnavailable:
             stale = self._stale(key)
             if stale is None:
@@ -133,31 +276,101 @@ class SessionChecker:
             return Outcome(stale, "stale")
 
     def evict(self, token: str) -> None:
-        """Forget every cached answer for `token` (sign-out, revocation)."""
+        """Forget every cached answer for `token` (it stays usable: see `revoke` to end it)."""
         self.evict_digest(_digest(token))
 
     def evict_digest(self, digest: bytes) -> None:
-        """Forget every cached answer for the token with this SHA-256 (a revocation seen elsewhere)."""
+        """Forget every cached answer for the token with this SHA-256."""
         for key in self._by_token.pop(digest):
             self._entries.pop(key, None)
 
+    async def revoke(self, token: str, lifetime: float | None = None) -> None:
+        """The session ended here (sign-out): refuse its token from now on, on every replica."""
+        digest = _digest(token)
+        lifetime = self._bounded(lifetime)
+        self._mark_dead(digest, lifetime)
+        if self._shared is not None:
+            await self._shared.record_dead(digest, lifetime)
+
+    def dead_elsewhere(self, digest: bytes) -> None:
+        """Another replica saw the token with this SHA-256 die: refuse it here too, without asking."""
+        if len(digest) != len(_digest("")):
+            return
+        if self.dead.holds(digest):
+            self.evict_digest(digest)  # keep the remembered lifetime, which may be the session's own
+        else:
+            self._mark_dead(digest, self._dead_lifetime)
+
+    def _digest(self, token: str) -> bytes:
+        digest = self._digests.get(token)
+        if digest is None:
+            digest = self._digests[token] = _digest(token)
+            if len(self._digests) > self._digests_max:
+                self._digests.popitem(last=False)
+        return digest
+
+    def _start(
+        self, key: Key, token: str, client_ip: str, user_agent: str, lifetime: float | None
+    ) -> asyncio.Future[User]:
+        task = asyncio.ensure_future(self._refresh(key, token, client_ip, user_agent, lifetime))
+        self._inflight[key] = task
+        self._inflight_token[key[0]] = task
+        task.add_done_callback(lambda done: self._finished(key, done))
+        return task
+
     def _finished(self, key: Key, task: asyncio.Future[User]) -> None:
-        self._inflight.pop(key, None)
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if self._inflight_token.get(key[0]) is task:
+            del self._inflight_token[key[0]]
         if not task.cancelled():
             task.exception()  # retrieved here, so a call nobody waits for any more is not reported
 
-    async def _refresh(self, key: Key, token: str, client_ip: str, user_agent: str) -> User:
+    async def _refresh(
+        self, key: Key, token: str, client_ip: str, user_agent: str, lifetime: float | None
+    ) -> User:
+        digest = key[0]
+        if self._shared is not None:
+            remaining = await self._shared.dead_for(digest)
+            if remaining is not None:
+                self._mark_dead(digest, self._bounded(remaining))
+                raise SessionKnownDead()
         try:
             user = await self._fetch(token, client_ip, user_agent)
-        except SessionRejected:
-            self.evict(token)
+        except SessionRejected as exc:
+            if exc.error_code not in SESSION_ENDED:
+                # A refusal that is not about this session (our client credentials, the domain, an
+                # unknown code) ends this request's session as before, but is not remembered: fixing
+                # the configuration must not leave every user's token refused until it expires.
+                self.evict_digest(digest)
+                raise
+            # Marked before the shared write: requests arriving meanwhile are refused already.
+            bounded = self._bounded(lifetime)
+            self._mark_dead(digest, bounded)
+            if self._shared is not None:
+                await self._shared.record_dead(digest, bounded)
             raise
-        self._store(key, user)
+        if not self.dead.holds(digest):  # signed out while the call was in flight: nothing to cache
+            self._store(key, user)
         return user
+
+    def _mark_dead(self, digest: bytes, lifetime: float) -> None:
+        self.dead.add(digest, lifetime)
+        self.evict_digest(digest)
+
+    def _bounded(self, lifetime: float | None) -> float:
+        if lifetime is None:
+            return self._dead_lifetime
+        return max(1.0, min(lifetime, self._dead_lifetime))
 
     def _store(self, key: Key, user: User) -> None:
         now = self._clock()
-        key = (key[0], key[1], self._shared_agent(key[2]))
+        # Each answer is a fresh User; entries of one token (several IPs or agents) share an equal one.
+        sibling = self._by_token.any(key[0])
+        if sibling is not None:
+            known = self._entries.get(sibling)
+            if known is not None and known.user == user:
+                user = known.user
         self._entries[key] = _Entry(user, now)
         self._entries.move_to_end(key)
         self._by_token.add(key)
@@ -171,14 +384,6 @@ class SessionChecker:
             old_key, _ = self._entries.popitem(last=False)
             self._by_token.discard(old_key)
 
-    def _shared_agent(self, agent: str) -> str:
-        shared = self._agents.get(agent)
-        if shared is None:
-            if len(self._agents) >= _AGENTS_MAX:
-                del self._agents[next(iter(self._agents))]  # the oldest; keys keep their own copy
-            shared = self._agents[agent] = agent
-        return shared
-
     def _stale(self, key: Key) -> User | None:
         entry = self._entries.get(key)
         if entry is None or self._stale_grace <= 0:
@@ -186,6 +391,20 @@ class SessionChecker:
         if self._clock() - entry.fetched_at < self._ttl + self._stale_grace:
             return entry.user
         return None
+
+
+def _answered(call: asyncio.Future[User]) -> bool:
+    """Whether a call ended in CentralAuth's answer (a user or a rejection), not an outage or a timeout."""
+    if not call.done() or call.cancelled():
+        return False
+    error = call.exception()
+    return error is None or isinstance(error, SessionRejected)
+
+
+def agent_digest(user_agent: str) -> bytes:
+    """What the cache keeps of a user agent: a fixed-size digest, whatever the header's size."""
+    data = user_agent.encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(data, digest_size=_AGENT_DIGEST_SIZE).digest()
 
 
 def _digest(token: str) -> bytes:

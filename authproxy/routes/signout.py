@@ -90,9 +90,9 @@ async def _sign_out(request: web.Request, runtime: Runtime, target: str, cookie_
     session = await load_session(request, runtime)
     outcome = "signed_out"
     if session is not None:
-        runtime.checker.evict(session.access_token)
+        # Dead here and on every replica, so a copy of the cookie is refused without asking CentralAuth.
+        await runtime.checker.revoke(session.access_token, session.expires_at - runtime.clock())
         await runtime.store.delete(cookie_value)
-        await runtime.store.revoked(session.access_token)
         if runtime.config.centralauth.logout_session_wide:
             outcome = await _central_logout(runtime, session.access_token, rid)
     audit.event("logout", rid, outcome=outcome, user=session.user_id if session else None)

@@ -4,9 +4,12 @@ The browser's cookie holds only a random session id and a per-session key, seale
 Redis holds the session encrypted with that per-session key under a hash of the id, so a Redis dump
 alone reveals neither tokens nor cookie values. The record expires with the session.
 
-Revocations (sign-out, or CentralAuth refusing the session) are also published on a channel, so every
-replica drops its cached session-check answer for that token immediately instead of after its TTL.
-Redis being unreachable is `SessionStoreUnavailable` (a 503): never a crash, never a logout.
+Dead tokens (signed out, or refused by CentralAuth) are recorded under the SHA-256 of the token with a
+TTL of the session's remaining life, and published on a channel: every replica drops its cached answers
+for that token at once, and refuses the token without asking CentralAuth, even a replica that was not
+listening when it died. Redis being unreachable while loading or saving a session is
+`SessionStoreUnavailable` (a 503): never a crash, never a logout. The dead-token calls never raise: when
+Redis is away each replica falls back on its own memory of dead tokens.
 """
 
 from __future__ import annotations
@@ -34,14 +37,10 @@ log = structlog.get_logger("authproxy.session")
 T = TypeVar("T")
 RedisClient = aioredis.Redis
 KEY_PREFIX = "authproxy:session:"
+DEAD_PREFIX = "authproxy:dead:"
 CHANNEL = "authproxy:revoked"
 _ID_BYTES = 32
 _KEY_BYTES = 32
-
-
-def token_digest(token: str) -> str:
-    """What replicas tell each other about a revoked token: its SHA-256, never the token."""
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class RedisStore:
@@ -88,8 +87,31 @@ class RedisStore:
         if reference is not None:
             await self._call(self.client.delete(self._key(reference[0])))
 
-    async def revoked(self, token: str) -> None:
-        await self._call(self.client.publish(CHANNEL, token_digest(token)))
+    async def record_dead(self, digest: bytes, lifetime: float) -> None:
+        """Remember the token with this SHA-256 dead for `lifetime` seconds, and tell every replica now.
+
+        Replicas only ever see the digest, never the token.
+        """
+        name = digest.hex()
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(DEAD_PREFIX + name, b"1", px=max(1000, int(lifetime * 1000)))
+                pipe.publish(CHANNEL, name)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            # This replica remembers it anyway; the others learn it from CentralAuth, one call each.
+            log.warning("redis.dead_token_not_recorded", error=type(exc).__name__)
+
+    async def dead_for(self, digest: bytes) -> float | None:
+        """Seconds the token with this SHA-256 stays recorded dead; None if it is not, or Redis is away."""
+        try:
+            milliseconds = await self.client.pttl(DEAD_PREFIX + digest.hex())
+        except (RedisError, OSError) as exc:
+            log.warning("redis.dead_token_lookup_failed", error=type(exc).__name__)
+            return None
+        if milliseconds == -2:  # no such key
+            return None
+        return float("inf") if milliseconds < 0 else milliseconds / 1000
 
     async def ping(self) -> bool:
         try:

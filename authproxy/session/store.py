@@ -1,7 +1,9 @@
 """The session store seam and its cookie implementation.
 
 Routes only ever call `save`, `load` and `delete` with the cookie's value; whether the session lives in
-the cookie itself (here) or in Redis behind a random id is the store's business.
+the cookie itself (here) or in Redis behind a random id is the store's business. A cookie session keeps
+nothing server-side, so a signed-out or revoked cookie still unseals: what refuses it is the session
+checker's memory of dead tokens (authproxy/provider/checker.py).
 """
 
 from __future__ import annotations
@@ -29,9 +31,6 @@ class SessionStore(Protocol):
 
     async def delete(self, value: str) -> None:
         """Forget the session a cookie value stands for."""
-
-    async def revoked(self, token: str) -> None:
-        """Tell every other replica that this session's token is dead (a no-op for one process)."""
 
 
 class CookieStore:
@@ -76,10 +75,6 @@ class CookieStore:
     async def delete(self, value: str) -> None:
         # Nothing is kept server-side; clearing the browser's cookie is the rest of the job.
         self._memo.pop(_memo_key(value), None)
-
-    async def revoked(self, token: str) -> None:
-        # Cookie sessions are not shared between replicas; their caches expire by TTL.
-        return None
 
 
 def _memo_key(value: str) -> bytes:
