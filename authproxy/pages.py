@@ -4,17 +4,35 @@ Every page is self-contained (inline CSS, no external assets unless the operator
 readable on a phone, escapes everything it shows, and carries the `X-Authproxy: 1` marker and the
 request id so an operator can tell a proxy answer from the app's. Nothing attacker-controlled (such as
 CentralAuth's `error_description`) is ever reflected.
+
+Every answer the proxy makes itself also carries the headers of `own_headers` (pages set them here,
+`authproxy.answers` adds them to every other answer on the way out): it may not be framed, sniffed or
+leak its URL as a referrer, and it names no software versions. A page may load nothing but its own
+inline style and the configured logo; the policy allows the style by its hash rather than
+`'unsafe-inline'`, so even markup injected into a page could neither style nor script it.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
 
 from aiohttp import web
 
 MARKER = {"X-Authproxy": "1", "Cache-Control": "no-store"}
+# What the `Server` header says on the proxy's own answers: a name, no versions to look vulnerabilities up by.
+SERVER = "authproxy"
+# For answers that are not pages (JSON, redirects, plain text): nothing may load, submit or frame them.
+STRICT_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+# A logo URL whose origin can be written as a CSP source expression (which has no IPv6 literals,
+# userinfo or escapes); any other logo URL is allowed by its scheme alone.
+_ORIGIN = re.compile(r"(https?)://([a-z0-9.-]+(?::[0-9]{1,5})?)(?:[/?#].*)?", re.ASCII | re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +65,54 @@ _STYLE = (
 )
 
 
+_STYLE_SOURCE = f"'sha256-{base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()}'"
+
+
+def own_headers(policy: str = STRICT_POLICY) -> Mapping[str, str]:
+    """The headers every answer made by the proxy itself carries; pages pass `page_policy`'s policy."""
+    return {
+        "X-Frame-Options": "DENY",
+        "Content-Security-Policy": policy,
+        # A page URL can carry a login's code and state; the start route sets its own policy, so that
+        # CentralAuth still sees the proxy's origin there.
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+@functools.lru_cache(maxsize=16)
+def page_policy(logo_url: str, *, form: bool = False) -> str:
+    """The Content-Security-Policy of an HTML page: its inline style and the logo, nothing else.
+
+    A page without a form may not submit one anywhere. The one page with a form, the sign-out
+    confirmation, gets no `form-action`: its POST is answered with a redirect to the return URL, which
+    leads on to the application (and from there possibly to the sign-in at CentralAuth or wherever the
+    application redirects), and browsers hold every step of that chain to `form-action`.
+    """
+    directives = ["default-src 'none'", f"style-src {_STYLE_SOURCE}"]
+    image = _image_source(logo_url)
+    if image:
+        directives.append(f"img-src {image}")
+    if not form:
+        directives.append("form-action 'none'")
+    directives += ["base-uri 'none'", "frame-ancestors 'none'"]
+    return "; ".join(directives)
+
+
+def _image_source(logo_url: str) -> str | None:
+    """Where the configured logo may come from: data:, this site, or the logo URL's origin."""
+    if not logo_url:
+        return None
+    if logo_url.startswith("data:"):
+        return "data:"
+    if logo_url.startswith("/"):
+        return "'self'"
+    match = _ORIGIN.fullmatch(logo_url)
+    if match is None:
+        return logo_url.partition(":")[0].lower() + ":"
+    return f"{match[1]}://{match[2]}".lower()
+
+
 def html_page(
     title: str,
     body_html: str,
@@ -68,14 +134,22 @@ def html_page(
         f"<style>{_STYLE}</style></head>"
         f"<body><main>{header}<h1>{escape(title)}</h1>{body_html}{reference}{footer}</main></body></html>"
     )
+    # The body is the caller's own markup (escaped), so a "<form" in it is a form the page really has.
+    policy = page_policy(branding.logo_url, form="<form" in body_html)
+    headers = {**MARKER, **own_headers(policy)}
     return web.Response(
-        text=document, status=status, content_type="text/html", charset="utf-8", headers=MARKER
+        text=document, status=status, content_type="text/html", charset="utf-8", headers=headers
     )
 
 
 def json_error(status: int, code: str, message: str, request_id: str) -> web.Response:
     body = json.dumps({"error": code, "message": message, "request_id": request_id})
     return web.Response(text=body, status=status, content_type="application/json", headers=MARKER)
+
+
+# The page itself sends no referrer; the way into the sign-in sends its origin, which the start route
+# passes on to CentralAuth (its checkReferrer) as it did before pages had a policy of their own.
+_TO_SIGN_IN = 'referrerpolicy="origin"'
 
 
 def error_page(
@@ -86,7 +160,9 @@ def error_page(
     retry_url: str | None = None,
     branding: Branding = DEFAULT_BRANDING,
 ) -> web.Response:
-    action = f'<p><a class="button" href="{escape(retry_url)}">Sign in again</a></p>' if retry_url else ""
+    action = ""
+    if retry_url:
+        action = f'<p><a class="button" href="{escape(retry_url)}" {_TO_SIGN_IN}>Sign in again</a></p>'
     return html_page(
         title, f"<p>{escape(message)}</p>{action}", status=status, request_id=request_id, branding=branding
     )
@@ -95,7 +171,7 @@ def error_page(
 def sign_in_page(start_url: str, request_id: str, branding: Branding = DEFAULT_BRANDING) -> web.Response:
     body = (
         "<p>This application needs you to sign in with CentralAuth.</p>"
-        f'<p><a class="button" href="{escape(start_url)}">Sign in</a></p>'
+        f'<p><a class="button" href="{escape(start_url)}" {_TO_SIGN_IN}>Sign in</a></p>'
     )
     return html_page("Sign in", body, request_id=request_id, branding=branding)
 

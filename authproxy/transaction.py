@@ -3,6 +3,11 @@
 One cookie per pending login means several tabs can sign in at once without clobbering each other's
 verifier (the official library's single `code_verifier` cookie does, W2). The cookie's path is the proxy
 prefix, so it never rides along on application requests; it lives ten minutes and is used once.
+
+Only names of the exact shape this module writes (the prefix and a 43-character state) are ever treated
+as pending logins. Anyone who can plant cookies for the host can plant others under the prefix, with
+names no `Set-Cookie` can carry (`(`, spaces, non-ASCII); those are neither counted, opened nor expired,
+so they can never turn a login into an error.
 """
 
 from __future__ import annotations
@@ -51,16 +56,28 @@ class TransactionCookies:
     def name(self, state: str) -> str:
         return self.prefix + state
 
+    def name_for(self, state: str | None) -> str | None:
+        """The cookie name for a state from a request, or None when `state` is not one this proxy makes."""
+        return self.prefix + state if state is not None and STATE_RE.fullmatch(state) else None
+
+    def state_of(self, name: str) -> str | None:
+        """The state a pending-login cookie is named after, or None for any other cookie name."""
+        if not name.startswith(self.prefix):
+            return None
+        state = name[len(self.prefix) :]
+        return state if STATE_RE.fullmatch(state) else None
+
     def seal(self, transaction: LoginTransaction) -> str:
         payload = json.dumps(asdict(transaction), separators=(",", ":")).encode()
         return self._sealer.seal(payload, self.name(transaction.state))
 
     def open(self, state: str | None, cookies: Mapping[str, str], now: float) -> LoginTransaction | None:
         """The pending transaction for `state`, or None if absent, foreign, tampered or expired."""
-        if state is None or not STATE_RE.fullmatch(state):
+        name = self.name_for(state)
+        if name is None:
             return None
-        value = cookies.get(self.name(state))
-        plaintext = self._sealer.unseal(value, self.name(state)) if value else None
+        value = cookies.get(name)
+        plaintext = self._sealer.unseal(value, name) if value else None
         transaction = _parse(plaintext) if plaintext else None
         if transaction is None or transaction.state != state:
             return None
@@ -69,11 +86,16 @@ class TransactionCookies:
         return transaction
 
     def surplus(self, cookies: Mapping[str, str], now: float) -> list[str]:
-        """Names of pending-login cookies to delete so that a new one stays within MAX_PENDING."""
+        """Names of pending-login cookies to delete so that a new one stays within MAX_PENDING.
+
+        Unreadable and expired ones go first. Every name returned has the shape `name()` makes, so a
+        `Set-Cookie` can always carry it.
+        """
         pending = []
         for name in cookies:
-            if name.startswith(self.prefix):
-                transaction = self.open(name[len(self.prefix) :], cookies, now)
+            state = self.state_of(name)
+            if state is not None:
+                transaction = self.open(state, cookies, now)
                 pending.append((transaction.created_at if transaction else float("-inf"), name))
         pending.sort()
         keep = MAX_PENDING - 1

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import ada_url
 import pytest
 from aiohttp import ClientSession, CookieJar
 from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ProxyFactory
+from support.chaos import exchange, status_of
 from support.echo import received_headers
 from support.harness import BROWSER_UA, Browser, Proxy, start_proxy
 from test_redirect import MAIN, TABLE, oracle_allows
@@ -456,3 +459,106 @@ async def test_pages_carry_the_configured_branding(proxy_factory: ProxyFactory) 
             assert '<img src="/static/logo.svg"' in page
             assert "Help: it@acme.example" in page
             assert 'name="viewport"' in page
+
+
+# --- planted pending-login cookies with names no Set-Cookie can carry -------------------------------------
+
+# Suffixes after the pending-login prefix. Anyone who can set cookies for the host (a sibling subdomain, a
+# script on an http page) can plant these; aiohttp reads several of them as cookie names, and http.cookies
+# refuses to write any of them in a Set-Cookie.
+ODD_SUFFIXES = [
+    b"(",
+    b"a b",
+    "ä".encode(),
+    b"=",
+    b'"',
+    b",",
+    b"\xff",
+    b"[x]",
+    b"/",
+    b"{",
+    b":",
+    b"\t",
+    b"\\",
+]
+
+
+async def raw(proxy: Proxy, target: str, cookie: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """A raw GET with exactly this Cookie header: status, headers (in order) and body."""
+    port = int(proxy.url.rsplit(":", 1)[1])
+    head = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {BROWSER_UA}\r\n"
+    head += "Accept: text/html\r\nConnection: close\r\n"
+    request = head.encode() + b"Cookie: " + cookie + b"\r\n\r\n"
+    answer = await exchange(port, request)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    headers = [
+        (name.strip(), value.strip())
+        for name, _, value in (line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:])
+    ]
+    return status_of(answer), headers, body
+
+
+def set_cookies(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """Set-Cookie lines by cookie name; each must be a line http.cookies itself can read."""
+    found = {}
+    for name, value in headers:
+        if name.lower() == "set-cookie":
+            (morsel,) = SimpleCookie(value).values()
+            found[morsel.key] = morsel.value
+    return found
+
+
+@pytest.mark.parametrize("suffix", ODD_SUFFIXES, ids=[repr(s)[2:-1] for s in ODD_SUFFIXES])
+async def test_odd_pending_login_names_never_break_a_login(proxy: Proxy, suffix: bytes) -> None:
+    prefix = proxy.app[RUNTIME].transactions.prefix.encode()
+    # Five names of the proxy's own shape (their values unreadable, so first to go), an odd one before them.
+    shaped = [prefix + secrets.token_urlsafe(32).encode() for _ in range(5)]
+    planted = b"; ".join([prefix + suffix + b"=x", *(name + b"=garbage" for name in shaped), b"other=1"])
+    status, headers, _ = await raw(proxy, "/oauth2/start?rd=/after", planted)
+    assert status == 302
+    location = dict(headers)["Location"]
+    changed = set_cookies(headers)
+    expired = {name for name, value in changed.items() if not value}
+    (new,) = set(changed) - expired
+    assert expired and expired <= {name.decode() for name in shaped}
+    assert len(shaped) - len(expired) + 1 <= 5  # the cap holds, counting only names the proxy makes
+
+    # The login goes through with the planted cookies still there.
+    async with ClientSession(headers={"User-Agent": BROWSER_UA}) as http:
+        async with http.post(location, data={"email": "ada@example.com"}, allow_redirects=False) as response:
+            callback = URL(response.headers["Location"])
+    cookie = planted + b"; " + f"{new}={changed[new]}".encode()
+    status, headers, _ = await raw(proxy, callback.raw_path_qs, cookie)
+    assert status == 302 and dict(headers)["Location"] == "/after"
+    assert set_cookies(headers)[session_cookie(proxy)]
+
+    # A callback whose state names the odd cookie is a failed sign-in, not an error of the proxy.
+    state = quote(bytes(prefix + suffix)[len(prefix) :], safe="")
+    status, headers, body = await raw(proxy, f"/oauth2/callback?code=a&state={state}", planted)
+    assert status == 400 and b"expired" in body
+    assert not set_cookies(headers)
+
+
+async def test_only_names_of_the_proxys_shape_are_counted_or_expired(proxy: Proxy) -> None:
+    prefix = proxy.app[RUNTIME].transactions.prefix.encode()
+    odd = b"; ".join(prefix + suffix + b"=x" for suffix in ODD_SUFFIXES if suffix != b"=")
+    near_misses = [
+        prefix + b"a" * 42,
+        prefix + b"a" * 44,
+        prefix + b"a" * 42 + b"!",
+        prefix + b"a" * 42 + b".",
+    ]
+    cookie = odd + b"; " + b"; ".join(name + b"=x" for name in near_misses)
+    for _ in range(3):
+        status, headers, _ = await raw(proxy, "/oauth2/start", cookie)
+        assert status == 302
+        (name,) = set_cookies(headers)  # the new login's cookie, and nothing expired
+        assert name.startswith(prefix.decode()) and len(name) == len(prefix) + 43
+
+
+async def test_a_control_character_in_a_cookie_name_is_refused_by_the_parser(proxy: Proxy) -> None:
+    """DEL (like any other control byte) never reaches a route: the whole request is a fixed 400."""
+    prefix = proxy.app[RUNTIME].transactions.prefix.encode()
+    for name in (prefix + b"\x7f", prefix + b"x\x7fy", b"\x7f"):
+        status, _, body = await raw(proxy, "/oauth2/start", name + b"=x; other=1")
+        assert status == 400 and body == b"400 Bad Request\n"

@@ -94,9 +94,11 @@ async def callback(request: web.Request) -> web.Response:
         detail = getattr(exc, "error_code", getattr(exc, "rule", None))
         audit.event("login.failure", request_id(request), reason=exc.code, detail=detail)
         runtime.metrics.logins.labels(exc.code).inc()
-    # Single use, success or not: the transaction cookie is gone after the first callback.
-    if state is not None and runtime.transactions.name(state) in request.cookies:
-        response.del_cookie(runtime.transactions.name(state), path=runtime.prefix)
+    # Single use, success or not: the transaction cookie is gone after the first callback. Only a state
+    # of the shape the proxy makes names a cookie: any other could be a name no Set-Cookie can carry.
+    name = runtime.transactions.name_for(state)
+    if name is not None and name in request.cookies:
+        response.del_cookie(name, path=runtime.prefix)
     return response
 
 
