@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from authproxy import access_log
+from authproxy import access_log, answers
 from authproxy.access_log import AccessLogger
 from authproxy.authorization import Rules
 from authproxy.config import Config, split_host_port
@@ -92,7 +92,7 @@ def build_runtime(
         branding=Branding(config.branding.title, config.branding.logo_url, config.branding.footer),
         trusted_proxies=list(config.server.trusted_proxies),
         client_ips=ClientIPs(config.server.trusted_proxies),
-        upstream_headers=UpstreamHeaders(cookie.name, transactions.prefix),
+        upstream_headers=UpstreamHeaders(cookie.name, transactions.prefix, config.headers.strip_extra),
         callback_url=f"{config.server.public_url}{prefix}/callback",
         login_url=f"{config.centralauth.base_url}/login",
         prefix=prefix,
@@ -103,7 +103,9 @@ def build_runtime(
 def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.Application:
     runtime = build_runtime(config, clock)
     # Refuse to start if a spoofed identity header or a proxy cookie could reach an upstream.
-    self_test(runtime.cookie.name, runtime.transactions.prefix, runtime.upstream_headers)
+    self_test(
+        runtime.cookie.name, runtime.transactions.prefix, runtime.upstream_headers, config.headers.strip_extra
+    )
     app = web.Application(middlewares=[request_context])
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_client_sessions)
@@ -119,7 +121,9 @@ def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.App
     app.router.add_route("POST", f"{prefix}/sign_out", signout.sign_out, name="sign_out_post")
     app.router.add_get(f"{prefix}/auth", forward_auth.auth, name="forward_auth")
     app.router.add_get(f"{prefix}/userinfo", forward_auth.userinfo, name="userinfo")
-    app.router.add_route("*", "/{tail:.*}", proxy.handle, name="proxy")
+    # Any path, including one whose decoded form holds a newline (`.` would not match it, and the router
+    # would answer 404 itself instead of the proxy refusing the target).
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", proxy.handle, name="proxy")
     return app
 
 
@@ -168,6 +172,10 @@ def _attach_backchannel(runtime: Runtime) -> None:
         ttl=centralauth.session_check_ttl,
         stale_grace=centralauth.stale_grace if centralauth.on_outage == "stale" else 0.0,
         max_entries=centralauth.cache_max_entries,
+        # No session outlives the cookie's max_age, so neither need the memory of its token's death.
+        dead_lifetime=float(runtime.config.session.max_age),
+        wait=centralauth.timeout,
+        shared=redis_store(runtime.store),
     )
 
 
@@ -205,7 +213,9 @@ def reload(app: web.Application, config: Config) -> list[str]:
         )
     redis = redis_store(runtime.store)
     fresh = build_runtime(config, runtime.clock, redis=redis.client if redis is not None else None)
-    self_test(fresh.cookie.name, fresh.transactions.prefix, fresh.upstream_headers)
+    self_test(
+        fresh.cookie.name, fresh.transactions.prefix, fresh.upstream_headers, config.headers.strip_extra
+    )
     fresh.client_session = runtime.client_session
     fresh.upstream_pool = runtime.upstream_pool
     fresh.metrics = runtime.metrics
@@ -216,8 +226,9 @@ def reload(app: web.Application, config: Config) -> list[str]:
 
 
 def _evict_hex(checker: SessionChecker, digest: str) -> None:
+    """A token another replica saw die (its SHA-256 in hex): drop its answers and refuse it here too."""
     with contextlib.suppress(ValueError):
-        checker.evict_digest(bytes.fromhex(digest))
+        checker.dead_elsewhere(bytes.fromhex(digest))
 
 
 def _counted(client: CentralAuthClient, metrics: Metrics) -> Fetch:
@@ -258,10 +269,12 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_runner(app: web.Application, shutdown_grace: float = 60.0) -> web.AppRunner:
-    """The runner every entry point uses: our access logger, which also feeds the request metrics."""
+    """The runner every entry point uses: our access logger (which also feeds the request metrics),
+    the proxy's own answers' headers, and fixed answers to requests the parser refused (`answers`)."""
+    answers.install(app)
     # keepalive_timeout: aiohttp has no header-read timeout, and its keep-alive timer (armed at
     # connect) is what ends a connection that never finishes its headers; its default is an hour.
-    return web.AppRunner(
+    return answers.Runner(
         app,
         access_log_class=AccessLogger,
         handle_signals=False,
