@@ -3,12 +3,25 @@
 aiohttp stays the server, the websocket bridge and the CentralAuth client; this package only carries
 proxied HTTP requests upstream, where aiohttp's general-purpose client spent more CPU per request than
 the rest of the proxy together (measured in bench/README.md). It does what a forwarder needs and no
-more: keep-alive pooling, streamed bodies both ways (Content-Length, chunked, or until close), strict
-response parsing, an idle read timeout, and a resend of idempotent requests on a stale connection.
+more: keep-alive pooling that reuses a connection only when it is provably clean, streamed bodies both
+ways (Content-Length, chunked, or until close), strict response parsing, per-request timeouts for
+connecting, for the response head and for each read, per-upstream TLS settings and Unix sockets, and
+one resend of an idempotent request on a stale connection.
+
+Chunked trailers are parsed and dropped, never promoted to headers. Errors are typed (`errors`).
+
+    pool = Pool(limit=512, keepalive=15.0, acquire_timeout=5.0)
+    origin, prefix = Origin.split("https://app.internal:8443/base", ca_file="/etc/app-ca.pem")
+    response = await pool.request(origin, "GET", prefix + "/x", headers, None,
+                                  connect_timeout=10, response_timeout=60, read_timeout=60)
+    try:
+        while chunk := await response.read(): ...
+    finally:
+        response.release()
 """
 
-from authproxy.h1.errors import Disconnected, ProtocolError, UpstreamError
+from authproxy.h1.errors import PoolExhausted, UpstreamError, UpstreamTimeout
 from authproxy.h1.pool import Pool, Response
-from authproxy.h1.wire import Origin
+from authproxy.h1.wire import BodySource, Origin
 
-__all__ = ["Disconnected", "Origin", "Pool", "ProtocolError", "Response", "UpstreamError"]
+__all__ = ["BodySource", "Origin", "Pool", "PoolExhausted", "Response", "UpstreamError", "UpstreamTimeout"]
