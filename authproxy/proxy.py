@@ -22,7 +22,7 @@ from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
 from authproxy import h1
-from authproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from authproxy.errors import UpstreamBusy, UpstreamTimeout, UpstreamUnavailable
 from authproxy.headers import HOP_BY_HOP, connection_tokens
 
 log = structlog.get_logger("authproxy.proxy")
@@ -35,16 +35,32 @@ _FORBIDDEN = re.compile(r"[\x00\r\n]")
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
+    """One `[[upstreams]]` table: where its requests go, and the limits of talking to it."""
+
     path: str
     url: str
-    preserve_host: bool
-    timeout: float
-    # Where connections go and what precedes each request target, parsed once from `url`.
+    preserve_host: bool = True  # the caller sets Host from the browser's (see routes.proxy)
+    timeout: float = 60.0  # the response head after the body is sent, and between two body reads
+    connect_timeout: float = 10.0
+    send_timeout: float = 60.0  # a client that takes none of the answer this long is cut
+    ca_file: str = ""
+    verify: bool = True
+    server_name: str = ""
+    client_cert_file: str = ""
+    client_key_file: str = ""
+    # Where connections go (TLS settings included) and what precedes each request target, parsed once.
     origin: h1.Origin = field(init=False, repr=False, compare=False)
     prefix: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        origin, prefix = h1.Origin.split(self.url)
+        origin, prefix = h1.Origin.split(
+            self.url,
+            ca_file=self.ca_file,
+            verify=self.verify,
+            server_name=self.server_name,
+            client_cert_file=self.client_cert_file,
+            client_key_file=self.client_key_file,
+        )
         object.__setattr__(self, "origin", origin)
         object.__setattr__(self, "prefix", prefix)
 
@@ -64,7 +80,8 @@ class Router:
 
 
 def make_client_session(limit: int = 512) -> aiohttp.ClientSession:
-    """aiohttp's client, for CentralAuth calls and websocket upstreams."""
+    """aiohttp's client for the CentralAuth back channel (and the readiness probe); websockets have
+    their own (`websocket.Clients`), so open sockets can never starve session checks and logins."""
     # Idle connections are dropped after 15 s, below the usual server-side keep-alive (nginx and
     # aiohttp 75 s).
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, keepalive_timeout=15, use_dns_cache=True)
@@ -90,29 +107,32 @@ async def forward(
     `on_headers` receives the seconds the upstream took to send its response headers.
     """
     started = time.perf_counter()
-    if upstream.preserve_host and request.host:
-        headers["Host"] = request.host
     body = request.content if request.body_exists else None
     try:
         upstream_response = await pool.request(
             upstream.origin,
             request.method,
-            # The normalized path byte for byte: re-quoting could decode an escape and change what the
+            # The canonical path byte for byte: re-quoting could decode an escape and change what the
             # upstream routes from what the rules judged.
             upstream.prefix + path_qs,
             headers.items(),
             body,
-            connect_timeout=upstream.timeout,
+            connect_timeout=upstream.connect_timeout,
+            response_timeout=upstream.timeout,
             read_timeout=upstream.timeout,
         )
-    except TimeoutError as exc:
-        raise UpstreamTimeout() from exc
-    except OSError as exc:  # h1.UpstreamError is a ConnectionError
-        raise UpstreamUnavailable() from exc
+    except h1.PoolExhausted as exc:
+        raise UpstreamBusy(f"no upstream connection free for {upstream.url}") from exc
+    except h1.UpstreamTimeout as exc:
+        raise UpstreamTimeout(f"{upstream.url}: no progress within the {exc.stage} timeout") from exc
+    except h1.UpstreamError as exc:
+        raise UpstreamUnavailable(f"{upstream.url}: {exc.kind}: {exc.detail}") from exc
+    except OSError as exc:
+        raise UpstreamUnavailable(f"{upstream.url}: {type(exc).__name__}: {exc}") from exc
     if on_headers is not None:
         on_headers(time.perf_counter() - started)
     try:
-        return await _relay(request, upstream_response)
+        return await _relay(request, upstream_response, upstream.send_timeout)
     finally:
         upstream_response.release()
 
@@ -166,21 +186,20 @@ def _escaped(value: str) -> bool:
     return False
 
 
-async def _relay(request: web.Request, upstream: h1.Response) -> web.StreamResponse:
+async def _relay(request: web.Request, upstream: h1.Response, send_timeout: float) -> web.StreamResponse:
     exact = any(_escaped(name) or _escaped(value) for name, value in upstream.headers)
     kind = _ExactHeadResponse if exact else _CoalescedResponse if upstream.body_ready else web.StreamResponse
     response = kind(status=upstream.status, reason=upstream.reason)
     if exact and upstream.body_ready:
         response._send_headers_immediately = False
-    listed: set[str] | None = None
-    out = response.headers
+    listed: set[str] = set()
     for name, value in upstream.headers:
         if name.lower() == "connection":
-            listed = connection_tokens(value)  # the first one, as aiohttp's `headers.get` gave it
-            break
+            listed |= connection_tokens(value)  # every line's names: each is hop-by-hop
+    out = response.headers
     for name, value in upstream.headers:
         lowered = name.lower()
-        if lowered not in _RESPONSE_SKIP and (listed is None or lowered not in listed):
+        if lowered not in _RESPONSE_SKIP and lowered not in listed:
             out.add(name, value)
     no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUSES or upstream.status < 200
     if upstream.content_length is not None and not no_body:
@@ -188,19 +207,36 @@ async def _relay(request: web.Request, upstream: h1.Response) -> web.StreamRespo
     elif no_body and upstream.content_length is not None:
         # HEAD keeps the length the GET would have; aiohttp sends no body for it.
         response.headers["Content-Length"] = str(upstream.content_length)
+    loop = asyncio.get_running_loop()
     try:
-        await response.prepare(request)
-        if not no_body:
-            while chunk := await upstream.read():
-                await response.write(chunk)
-        await response.write_eof()
+        # The send timeout counts only while a write waits for the client: a client that stops reading
+        # cannot hold the upstream connection (and its pool slot) longer than that. Waiting for the
+        # upstream is bounded by the read timeout inside the client instead.
+        # A body already in hand is read without waiting, so one deadline covers all of it.
+        streamed = not upstream.body_ready
+        async with asyncio.timeout_at(loop.time() + send_timeout) as sending:
+            await response.prepare(request)
+            if not no_body:
+                while True:
+                    if streamed:
+                        sending.reschedule(None)
+                    chunk = await upstream.read()
+                    if not chunk:
+                        break
+                    if streamed:
+                        sending.reschedule(loop.time() + send_timeout)
+                    await response.write(chunk)
+                if streamed:
+                    sending.reschedule(loop.time() + send_timeout)
+            await response.write_eof()
     except TimeoutError:
         # Headers are gone already; all that is left is to cut the connection so the client sees it.
-        log.warning("upstream.read_timeout", path=request.path)
+        log.warning("upstream.relay_timeout", path=request.path)
         _abort(request)
     except (ConnectionError, asyncio.CancelledError) as exc:
-        # The client went away, or the upstream did mid-body: the upstream connection is closed on
-        # release, the client's cut so it sees a short body; nothing to log.
+        # The client went away, or the upstream did mid-body (a reset, a body shorter than its
+        # framing): the upstream connection is closed on release, and the client's is cut so that it
+        # sees a short body, never one passed off as complete; nothing to log.
         if isinstance(exc, asyncio.CancelledError):
             raise
         _abort(request)
