@@ -28,6 +28,8 @@ from authproxy.redirect import RedirectPolicy
 from authproxy.session.seal import Sealer
 from authproxy.session.store import SessionStore
 from authproxy.transaction import TTL, TransactionCookies
+from authproxy.watch import Connections
+from authproxy.websocket import Clients
 
 
 class UsedStates:
@@ -80,6 +82,10 @@ class Runtime:
     session_checker: SessionChecker | None = None
     # userinfo with its calls counted by outcome; the checker and the login callback both use it.
     userinfo: Fetch | None = None
+    # Open websockets and event streams by session (see `authproxy.watch`), and the client sessions
+    # upstream websockets are opened with, apart from CentralAuth's; both are kept across reloads.
+    connections: Connections = field(default_factory=Connections)
+    websocket_clients: Clients | None = None
 
     @property
     def provider(self) -> CentralAuthClient:
@@ -98,6 +104,12 @@ class Runtime:
         if self.upstream_pool is None:
             raise RuntimeError("the upstream connection pool is created when the application starts")
         return self.upstream_pool
+
+    @property
+    def websockets(self) -> Clients:
+        if self.websocket_clients is None:
+            raise RuntimeError("the websocket client sessions are created when the application starts")
+        return self.websocket_clients
 
     @property
     def http(self) -> aiohttp.ClientSession:

@@ -3,26 +3,69 @@
 Policy lives here — the canonical target (refused with 400 when ambiguous), skip-auth and API rules on
 its path, the cached session check, the `[authorization]` rules, identity headers — while the
 forwarder below knows nothing of sessions.
+
+Websockets and event streams outlive the check that let them in, so they are checked again while they
+are open: each is registered in `runtime.connections` under its session and watched by
+`watch.keep_checking` with the same cached check, from the same client IP and user agent, on
+`session_check_ttl`. A session that CentralAuth ended or blocked, that the `[authorization]` rules now
+refuse, or that expired is closed with 1008; a sign-out here (and, with Redis, anywhere) closes it at
+once. A CentralAuth outage closes nothing: an outage is never a logout, and the check resumes when
+CentralAuth answers again. Websockets are bridged here; event streams are found when their answer is
+prepared (`watch_event_stream`, an `on_response_prepare` hook) and cut by aborting the client's
+connection and cancelling the handler that streams them.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from authproxy import audit, pages, websocket
+from authproxy import audit, pages, watch, websocket
 from authproxy.authorization import denial
-from authproxy.errors import AccessDenied, AmbiguousRequest, SessionRejected
+from authproxy.config import UpstreamConfig
+from authproxy.errors import (
+    AccessDenied,
+    AmbiguousRequest,
+    CentralAuthUnavailable,
+    SessionRejected,
+    SessionStoreUnavailable,
+)
 from authproxy.headers import combined, forwarded_value
 from authproxy.logs import fingerprint
 from authproxy.paths import AmbiguousTarget, Target, canonical_target, split_absolute
 from authproxy.provider.checker import SessionKnownDead
 from authproxy.provider.user import User
-from authproxy.proxy import forward
+from authproxy.proxy import Upstream, forward
 from authproxy.routes.auth import start_url
 from authproxy.routes.common import end_user_ip, peer_trusted, request_id, user_agent
 from authproxy.runtime import RUNTIME, Runtime
 from authproxy.session.model import Session
+from authproxy.watch import Verdict, token_digest
+
+log = structlog.get_logger("authproxy.proxy")
+
+
+@dataclass(slots=True)
+class _Stream:
+    """An event stream being watched: stopped when its handler returns, however it returns."""
+
+    connection: watch.Connection
+    watcher: asyncio.Task[None] | None
+
+    def stop(self, runtime: Runtime) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+        runtime.connections.close(self.connection)
+
+
+# The session a proxied request was let in with, for the event-stream hook; and that hook's stream.
+_SESSION = web.RequestKey("authproxy_session", Session)
+_STREAM = web.RequestKey("authproxy_stream", _Stream)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -34,6 +77,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if upstream is None:
         message = "No application is configured for this path."
         return pages.error_page(404, "Not found", message, request_id(request), branding=runtime.branding)
+    upgrade = websocket.is_upgrade(request)
+    # Before anything is spent on it: a page of another site must not open a socket with the user's
+    # cookie (cross-site websocket hijacking, wherever SameSite lets the cookie go along).
+    if upgrade and not _origin_allowed(request, runtime):
+        raise websocket.ForeignOrigin()
     user: User | None = None
     session: Session | None = None
     if not runtime.routes.skip_auth(request.method, path):
@@ -45,16 +93,24 @@ async def handle(request: web.Request) -> web.StreamResponse:
             response = unauthenticated(request, runtime, target)
             runtime.cookie.clear(response)
             return response
-    headers = _upstream_headers(request, runtime, user, session)
-    if websocket.is_upgrade(request):
-        # aiohttp's client drops bytes that are not UTF-8 from header values; refuse rather than alter.
-        if not _utf8(headers):
-            raise AmbiguousRequest("a websocket handshake header is not UTF-8")
-        url = upstream.url + target.wire_target
-        return await websocket.bridge(runtime.http, request, url, headers, upstream.timeout)
-    return await forward(
-        runtime.pool, request, upstream, headers, target.wire_target, runtime.metrics.upstream_latency.observe
-    )
+    headers = _upstream_headers(request, runtime, upstream, user, session)
+    if upgrade:
+        return await _websocket(request, runtime, upstream, target, headers, session)
+    if session is not None:
+        request[_SESSION] = session  # for `watch_event_stream`, should the answer be an event stream
+    try:
+        return await forward(
+            runtime.pool,
+            request,
+            upstream,
+            headers,
+            target.wire_target,
+            runtime.metrics.upstream_latency.observe,
+        )
+    finally:
+        stream = request.get(_STREAM)
+        if stream is not None:
+            stream.stop(runtime)
 
 
 def request_target(request: web.Request, keep_parameters: bool = False) -> Target:
@@ -96,33 +152,46 @@ async def check_session(request: web.Request, runtime: Runtime, session: Session
     An outage raises CentralAuthUnavailable (a 503, the session kept) unless the stale window covers it.
     A token already known dead (signed out, or refused before) is None without asking anyone.
     """
+    user, _ = await verify_session(
+        runtime,
+        session,
+        end_user_ip(request),
+        user_agent(request),
+        request_id(request),
+        lambda: runtime.session_cookie(request) or "",  # read only to delete an ended session
+    )
+    return user
+
+
+async def verify_session(
+    runtime: Runtime,
+    session: Session,
+    client_ip: str,
+    agent: str,
+    rid: str,
+    cookie_value: Callable[[], str],
+) -> tuple[User | None, str]:
+    """`check_session` for a given client IP and user agent, as at a websocket's handshake: the user (or
+    None) and where the answer came from (the checker's source, or "ended")."""
     try:
         outcome = await runtime.checker.check(
-            session.access_token,
-            end_user_ip(request),
-            user_agent(request),
-            lifetime=session.expires_at - runtime.clock(),
+            session.access_token, client_ip, agent, lifetime=session.expires_at - runtime.clock()
         )
     except SessionKnownDead:
-        return None  # its end was audited, and its record deleted, when it was first seen
+        return None, "ended"  # its end was audited, and its record deleted, when it was first seen
     except SessionRejected as exc:
         runtime.metrics.revoked.inc()
-        audit.event(
-            "session.revoked",
-            request_id(request),
-            reason=exc.error_code,
-            session=fingerprint(session.access_token),
-        )
+        audit.event("session.revoked", rid, reason=exc.error_code, session=fingerprint(session.access_token))
         # When the code says the session is over, the checker has already recorded the token dead and
         # told the other replicas.
-        await runtime.store.delete(runtime.session_cookie(request) or "")
-        return None
+        await runtime.store.delete(cookie_value())
+        return None, "ended"
     runtime.metrics.count_session_check(outcome.source)
     rule = denial(outcome.user, runtime.rules)
     if rule is not None:
-        audit.event("access.denied", request_id(request), rule=rule, user=outcome.user.id)
+        audit.event("access.denied", rid, rule=rule, user=outcome.user.id)
         raise AccessDenied(rule)
-    return outcome.user
+    return outcome.user, outcome.source
 
 
 def unauthenticated(request: web.Request, runtime: Runtime, target: Target) -> web.Response:
@@ -136,9 +205,14 @@ def unauthenticated(request: web.Request, runtime: Runtime, target: Target) -> w
 
 
 def _upstream_headers(
-    request: web.Request, runtime: Runtime, user: User | None, session: Session | None
+    request: web.Request, runtime: Runtime, upstream: Upstream, user: User | None, session: Session | None
 ) -> CIMultiDict[str]:
+    """What the upstream receives, for a plain request and a websocket handshake alike."""
     headers = runtime.upstream_headers(request.headers.items())
+    # The browser's Host exactly as sent (aiohttp's `request.host` would invent one when it is absent).
+    browser_host = request.headers.get("Host")
+    if upstream.preserve_host and browser_host:
+        headers["Host"] = browser_host
     trusted = peer_trusted(request)
     headers["X-Forwarded-For"] = end_user_ip(request)
     proto = combined(request.headers.getall("X-Forwarded-Proto", ()))
@@ -153,3 +227,157 @@ def _upstream_headers(
         if runtime.config.headers.pass_access_token:
             headers["X-Forwarded-Access-Token"] = session.access_token
     return headers
+
+
+# --- websockets and event streams ----------------------------------------------------------------------
+
+
+def _origin_allowed(request: web.Request, runtime: Runtime) -> bool:
+    return websocket.origin_allowed(
+        request.headers.getall("Origin", ()),
+        runtime.config.server.public_url,
+        runtime.config.websocket.allowed_origins,
+    )
+
+
+def _upstream_config(runtime: Runtime, upstream: Upstream) -> UpstreamConfig:
+    # Paths are unique across upstreams, so the path names the table the router's choice came from.
+    for config in runtime.config.upstreams:
+        if config.path == upstream.path:
+            return config
+    raise RuntimeError(f"no [[upstreams]] table for path {upstream.path!r}")
+
+
+async def _websocket(
+    request: web.Request,
+    runtime: Runtime,
+    upstream: Upstream,
+    target: Target,
+    headers: CIMultiDict[str],
+    session: Session | None,
+) -> web.StreamResponse:
+    # aiohttp's client drops bytes that are not UTF-8 from header values; refuse rather than alter.
+    if not _utf8(headers):
+        raise AmbiguousRequest("a websocket handshake header is not UTF-8")
+    settings = runtime.config.websocket
+    digest = token_digest(session.access_token) if session is not None else None
+    try:
+        connection = runtime.connections.open(watch.WEBSOCKET, digest, limit=settings.max_open)
+    except watch.RegistryFull:
+        raise websocket.TooManyWebsockets() from None
+    watcher: asyncio.Task[None] | None = None
+    try:
+        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        try:
+            leg = await websocket.connect(
+                runtime.websockets,
+                _upstream_config(runtime, upstream),
+                target.wire_target,
+                headers,
+                [p for p in protocols if p],
+                settings.max_message_size,
+            )
+        except websocket.Refused as refused:
+            return await websocket.pass_refusal(request, refused)
+        watcher = _watch(request, runtime, connection, session, settings.max_lifetime)
+        ws = await websocket.relay(request, leg, connection, settings.max_message_size)
+        if connection.ended.done():
+            _log_end(request, connection, session)
+        return ws
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        runtime.connections.close(connection)
+
+
+async def watch_event_stream(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: a proxied, signed-in answer that is an event stream is watched like a
+    websocket while it streams, and cut (the client's connection aborted, its handler cancelled) when
+    its session ends."""
+    session = request.get(_SESSION)
+    if session is None or _STREAM in request or not _event_stream(response.headers.get("Content-Type", "")):
+        return
+    runtime = request.app[RUNTIME]
+    handler = asyncio.current_task()  # the handler streaming the answer: prepare runs inside it
+
+    def cut(code: int, reason: str) -> None:
+        _log_end(request, connection, session)
+        if request.transport is not None:
+            request.transport.abort()
+        # An idle stream waits on the upstream, not the client: only cancelling the handler ends it.
+        if handler is not None:
+            handler.cancel()
+
+    connection = runtime.connections.open(watch.STREAM, token_digest(session.access_token), on_end=cut)
+    request[_STREAM] = _Stream(connection, _watch(request, runtime, connection, session, 0))
+
+
+def _event_stream(content_type: str) -> bool:
+    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
+
+
+def _watch(
+    request: web.Request,
+    runtime: Runtime,
+    connection: watch.Connection,
+    session: Session | None,
+    max_lifetime: float,
+) -> asyncio.Task[None] | None:
+    """Start re-checking `connection`'s session, and its deadlines; None when there is nothing to watch."""
+    now = asyncio.get_running_loop().time()
+    deadlines: list[tuple[float, str]] = []
+    check = None
+    if session is not None:
+        deadlines.append((now + session.expires_at - runtime.clock(), "session expired"))
+        cookie_value = runtime.session_cookie(request) or ""
+        check = _recheck(
+            runtime,
+            session,
+            end_user_ip(request),
+            user_agent(request),
+            request_id(request),
+            lambda: cookie_value,
+        )
+    if max_lifetime > 0:
+        deadlines.append((now + max_lifetime, "maximum lifetime reached"))
+    if check is None and not deadlines:
+        return None
+
+    def ttl() -> float:
+        return runtime.config.centralauth.session_check_ttl  # read each time: a reload may change it
+
+    return asyncio.ensure_future(watch.keep_checking(connection, check, ttl, deadlines))
+
+
+def _recheck(
+    runtime: Runtime, session: Session, client_ip: str, agent: str, rid: str, cookie_value: Callable[[], str]
+) -> watch.Check:
+    """One re-check of an open connection's session, as its handshake was checked."""
+
+    async def check() -> Verdict:
+        try:
+            user, source = await verify_session(runtime, session, client_ip, agent, rid, cookie_value)
+        except AccessDenied:
+            return Verdict("access denied")
+        except CentralAuthUnavailable:
+            # An outage is never a logout: the connection stays, and is checked again a TTL later.
+            return Verdict(asked=True)
+        except SessionStoreUnavailable:
+            # Only deleting the record of a session CentralAuth has just refused reaches the store.
+            return Verdict("session ended")
+        if user is None:
+            return Verdict("session ended")
+        return Verdict(asked=source != "hit")
+
+    return check
+
+
+def _log_end(request: web.Request, connection: watch.Connection, session: Session | None) -> None:
+    code, reason = connection.ended.result()
+    log.info(
+        f"{connection.kind}.ended",
+        code=code,
+        reason=reason,
+        request_id=request_id(request),
+        session=fingerprint(session.access_token) if session is not None else None,
+    )
