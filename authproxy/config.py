@@ -1,18 +1,30 @@
 """Typed configuration: the TOML file, `AUTHPROXY_<SECTION>__<KEY>` overrides and `*_file` secrets.
 
 `load(path)` is the only entry point. Every problem is reported as one line that starts with the dotted
-key it concerns (`session.cookie_secrets: ...`), collected in a `ConfigError`; secrets are `SecretStr`
-and never appear in a message.
+key it concerns (`session.cookie_secrets: ...`), collected in a `ConfigError`; a value that came from
+the environment says so (`(from AUTHPROXY_SERVER__TRUSTED_PROXIES)`). Secrets are `SecretStr` and never
+appear in a message. Obvious placeholders (`CHANGE-ME`, `YOUR-ORGANIZATION-ID`, see config_checks.py)
+are refused where a client ID or secret belongs.
+
+The environment is read here rather than by pydantic-settings' own source so that a bad value there is
+one line naming its key and variable, like a bad value in the file, instead of an exception; and so that
+lists also take the comma-separated form operators write by hand (`10.0.0.0/8,192.168.0.0/16`).
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
+import os
 import re
 import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -25,8 +37,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from authproxy.config_checks import client_id_problem, is_placeholder
 from authproxy.errors import ConfigError
 from authproxy.paths import parse_route_rule
 from authproxy.redirect import RedirectPolicy
@@ -87,7 +102,25 @@ def _abs_path(value: str) -> str:
     return value
 
 
+def _upstream_url(value: str) -> str:
+    # A sidecar's app on a Unix socket: unix:///path/app.sock (an absolute path, nothing else).
+    if value.startswith("unix:"):
+        path = value.removeprefix("unix://")
+        if not value.startswith("unix:///") or "?" in path or "#" in path or path.endswith("/"):
+            raise ValueError(f"a Unix socket upstream is written unix:///absolute/path.sock, got {value!r}")
+        return value
+    return _http_url(value)
+
+
+def _readable_file(value: str) -> str:
+    if value and not Path(value).is_file():
+        raise ValueError(f"no such file: {value!r}")
+    return value
+
+
 HostPort = Annotated[str, AfterValidator(_listen)]
+UpstreamUrl = Annotated[str, AfterValidator(_upstream_url)]
+FilePath = Annotated[str, AfterValidator(_readable_file)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 OriginUrl = Annotated[str, AfterValidator(_origin_url)]
 AbsPath = Annotated[str, AfterValidator(_abs_path)]
@@ -132,11 +165,40 @@ HeaderName = Annotated[str, AfterValidator(_header_name)]
 RedirectDomain = Annotated[str, AfterValidator(_redirect_domain)]
 
 
-def _read_secret_file(path: Path, key: str) -> str:
+def _read_secret_file(path: Path, key: str = "") -> str:
+    """The file's text; `key` prefixes the error when a model validator (not the field's own) reads it."""
+    prefix = f"{key}: " if key else ""
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ValueError(f"{key}: cannot read {str(path)!r}: {exc.strerror}") from None
+        raise ValueError(f"{prefix}cannot read {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{prefix}{str(path)!r} is not UTF-8 text") from None
+
+
+def _raise_all(problems: list[str]) -> None:
+    """Raise every problem of one value as its own error (a ValueError could carry only one)."""
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        details = [
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", "{problem}", {"problem": problem}),
+                loc=(),
+                input=None,
+            )
+            for problem in problems
+        ]
+        raise ValidationError.from_exception_data("config", details)
+
+
+def _cookie_secret_problem(secret: str, which: str) -> str | None:
+    if is_placeholder(secret):
+        return f"{which} is a placeholder (`authproxy gen-secret` makes one)"
+    if len(secret) < MIN_COOKIE_SECRET_LENGTH:
+        shorter = f"is shorter than {MIN_COOKIE_SECRET_LENGTH} characters"
+        return f"{which} {shorter} (`authproxy gen-secret` makes one)"
+    return None
 
 
 # --- sections ------------------------------------------------------------------------------------------
@@ -156,6 +218,12 @@ class ServerConfig(Section):
     trusted_proxies: list[Annotated[IPNetwork, Field()]] = []
     metrics_listen: Annotated[str, AfterValidator(_optional_listen)] = ""
     shutdown_grace: float = Field(25, ge=0, le=3600)
+    # The upstream connection pool of each worker: at most this many connections open at once, idle
+    # ones kept this many seconds, and a request that finds the pool full waits this long for a
+    # connection before it is answered 503 with Retry-After.
+    upstream_connections: int = Field(512, ge=1, le=100_000)
+    upstream_keepalive: float = Field(15, ge=0, le=3600)
+    upstream_acquire_timeout: Seconds = 5
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -194,7 +262,29 @@ class CentralAuthConfig(Section):
     def _client_id(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("missing; set it to your CentralAuth organization ID")
+        problem = client_id_problem(value.strip())
+        if problem:
+            raise ValueError(problem)
         return value.strip()
+
+    # The secret's own checks are field validators, so that an unreadable file and the section's
+    # other problems are all reported in one run; the model validator only combines the two keys.
+    @field_validator("client_secret")
+    @classmethod
+    def _inline_secret(cls, value: SecretStr) -> SecretStr:
+        if is_placeholder(value.get_secret_value()):
+            raise ValueError("is a placeholder; paste the client secret from the CentralAuth dashboard")
+        return value
+
+    @field_validator("client_secret_file")
+    @classmethod
+    def _secret_file(cls, value: Path | None) -> Path | None:
+        if value is not None and is_placeholder(_read_secret_file(value)):
+            raise ValueError(
+                f"{str(value)!r} holds a placeholder; put the client secret from the CentralAuth "
+                "dashboard in it"
+            )
+        return value
 
     @model_validator(mode="after")
     def _secret(self) -> CentralAuthConfig:
@@ -226,6 +316,30 @@ class SessionConfig(Section):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
+    # Each secret is judged by its key's own validator, so that every bad one is reported (with an
+    # unreadable file and the section's other problems) in one run.
+    @field_validator("cookie_secrets")
+    @classmethod
+    def _inline_secrets(cls, values: list[SecretStr]) -> list[SecretStr]:
+        problems = [
+            _cookie_secret_problem(secret.get_secret_value(), f"secret #{index}")
+            for index, secret in enumerate(values, 1)
+        ]
+        _raise_all([problem for problem in problems if problem])
+        return values
+
+    @field_validator("cookie_secret_file")
+    @classmethod
+    def _secret_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            secrets = [line.strip() for line in _read_secret_file(value).splitlines() if line.strip()]
+            problems = [
+                _cookie_secret_problem(secret, f"secret #{number} in {str(value)!r}")
+                for number, secret in enumerate(secrets, 1)
+            ]
+            _raise_all([problem for problem in problems if problem])
+        return value
+
     @model_validator(mode="after")
     def _secrets(self) -> SessionConfig:
         secrets = list(self.cookie_secrets)
@@ -237,12 +351,6 @@ class SessionConfig(Section):
                 "cookie_secrets: missing; set cookie_secrets or cookie_secret_file "
                 "(`authproxy gen-secret` makes one)"
             )
-        for index, secret in enumerate(secrets):
-            if len(secret.get_secret_value()) < MIN_COOKIE_SECRET_LENGTH:
-                raise ValueError(
-                    f"cookie_secrets: secret #{index + 1} is shorter than {MIN_COOKIE_SECRET_LENGTH} "
-                    "characters (`authproxy gen-secret` makes one)"
-                )
         if self.cookie_samesite == "none" and not self.cookie_secure:
             raise ValueError("cookie_samesite: 'none' requires cookie_secure = true (browsers drop it)")
         object.__setattr__(self, "cookie_secrets", secrets)
@@ -251,9 +359,35 @@ class SessionConfig(Section):
 
 class UpstreamConfig(Section):
     path: AbsPath = "/"
-    url: HttpUrl
-    preserve_host: bool = False
+    url: UpstreamUrl
+    # The browser's Host reaches the upstream (HTTP and websocket alike), so apps that compare Origin
+    # with Host (Django's CSRF check, JupyterLab) and build links from Host work behind the proxy.
+    preserve_host: bool = True
+    # The wait for the response head once the request body has been sent, and between two reads of
+    # the response: the upstream may stay silent this long (nginx's proxy_read_timeout).
     timeout: Seconds = 60
+    # Opening a connection (TCP, and the TLS handshake for https).
+    connect_timeout: Seconds = 10
+    # A client that takes none of the response for this long is cut, freeing the upstream connection.
+    send_timeout: Seconds = 60
+    # TLS to an https upstream: a CA bundle (PEM) instead of the system's, certificate verification
+    # (never turn it off outside a test), the name to verify and send as SNI, and a client certificate.
+    ca_file: FilePath = ""
+    verify: bool = True
+    server_name: str = ""
+    client_cert_file: FilePath = ""
+    client_key_file: FilePath = ""
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> UpstreamConfig:
+        tls = (self.ca_file, not self.verify, self.server_name, self.client_cert_file, self.client_key_file)
+        if any(tls) and not self.url.startswith("https://"):
+            raise ValueError(
+                "ca_file, verify, server_name and client certificates apply to https:// upstreams"
+            )
+        if bool(self.client_cert_file) != bool(self.client_key_file):
+            raise ValueError("client_cert_file and client_key_file go together")
+        return self
 
 
 class RoutesConfig(Section):
@@ -277,6 +411,18 @@ class AuthorizationConfig(Section):
 
 class RedirectsConfig(Section):
     allowed_domains: list[RedirectDomain] = []
+
+
+class WebsocketConfig(Section):
+    # The largest message (after reassembly) relayed in either direction; a larger one closes the socket
+    # with 1009. Compression is never negotiated, so no message is inflated.
+    max_message_size: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    # Origins a handshake may come from besides the proxy's own public_url; others are refused with 403.
+    allowed_origins: list[OriginUrl] = []
+    # Seconds after which an open websocket is closed (1008) whatever its session; 0 = no limit.
+    max_lifetime: float = Field(0, ge=0)
+    # Open websockets per worker; a handshake beyond this is refused with 503.
+    max_open: int = Field(1024, ge=1, le=1_000_000)
 
 
 class HeadersConfig(Section):
@@ -328,6 +474,7 @@ class Config(BaseSettings):
     authorization: AuthorizationConfig = AuthorizationConfig()
     redirects: RedirectsConfig = RedirectsConfig()
     headers: HeadersConfig = HeadersConfig()
+    websocket: WebsocketConfig = WebsocketConfig()
     logging: LoggingConfig = LoggingConfig()
     branding: BrandingConfig = BrandingConfig()
 
@@ -341,7 +488,7 @@ class Config(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file arrives as init kwargs; the environment must win over it, as operators expect.
-        return env_settings, init_settings
+        return _EnvironmentSource(settings_cls), init_settings
 
     @field_validator("upstreams")
     @classmethod
@@ -353,16 +500,145 @@ class Config(BaseSettings):
         return upstreams
 
 
+# --- the environment -----------------------------------------------------------------------------------
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass
+class Environment:
+    """What the `AUTHPROXY_*` variables say, as `read_environment()` found it."""
+
+    # Nested like the TOML file, to be merged over it key by key.
+    values: dict[str, Any] = dataclass_field(default_factory=dict)
+    # The variable each key's value came from, for the `(from AUTHPROXY_...)` of its errors.
+    origins: dict[Loc, str] = dataclass_field(default_factory=dict)
+    # Variables that could not be read at all (bad JSON, ...): the key, and its one-line problem.
+    problems: list[tuple[Loc, str]] = dataclass_field(default_factory=list)
+
+
+def read_environment(environ: Mapping[str, str]) -> Environment:
+    """Read `AUTHPROXY_<SECTION>__<KEY>` (and whole `AUTHPROXY_<SECTION>` JSON) variables; pure.
+
+    Lists take JSON or comma-separated values; a section or `AUTHPROXY_UPSTREAMS` takes JSON. Variables
+    whose section does not exist belong to other tools (`AUTHPROXY_PORT`) and are ignored, as before.
+    """
+    env = Environment()
+    # Whole sections first, so that AUTHPROXY_SERVER__WORKERS refines AUTHPROXY_SERVER='{...}'.
+    for name in sorted(environ, key=lambda name: ("__" in name, name)):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        field_info = Config.model_fields.get(section)
+        if field_info is None:
+            continue
+        raw = environ[name]
+        try:
+            if not key:
+                _read_section_variable(env, section, field_info.annotation, name, raw)
+            else:
+                _read_key_variable(env, section, key, field_info.annotation, name, raw)
+        except _EnvProblem as problem:
+            env.problems.append((problem.loc, f"{_dotted(problem.loc)}: {problem} (from {name})"))
+    return env
+
+
+class _EnvProblem(ValueError):
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _read_section_variable(env: Environment, section: str, annotation: Any, name: str, raw: str) -> None:
+    value = _json(raw, (section,))
+    if get_origin(annotation) is list:  # upstreams: the whole list, as JSON
+        env.values[section] = value
+        env.origins[(section,)] = name
+        return
+    if not isinstance(value, dict):
+        raise _EnvProblem((section,), f"must be a JSON object of [{section}] keys")
+    env.values.setdefault(section, {}).update(value)
+    env.origins.update({(section, str(key)): name for key in value})
+
+
+def _read_key_variable(
+    env: Environment, section: str, key: str, annotation: Any, name: str, raw: str
+) -> None:
+    if get_origin(annotation) is list:
+        raise _EnvProblem(
+            (section,),
+            f"cannot be set key by key; put the whole list in {ENV_PREFIX}{section.upper()} as JSON",
+        )
+    if "__" in key:
+        raise _EnvProblem((section, *key.split("__")), "unknown key")
+    fields: dict[str, FieldInfo] = annotation.model_fields
+    target = fields.get(key)
+    # An unknown key goes through as it is, for the model's own "unknown key; did you mean" error.
+    value = raw if target is None else _parse_value(target.annotation, raw, (section, key))
+    env.values.setdefault(section, {})[key] = value
+    env.origins[(section, key)] = name
+
+
+def _parse_value(annotation: Any, raw: str, loc: Loc) -> Any:
+    """A variable's text as the value the model expects: lists from JSON or commas, None for empty."""
+    if get_origin(annotation) is list:
+        text = raw.strip()
+        if text.startswith("["):
+            return _json(text, loc)
+        if not text:
+            return []
+        if get_args(annotation)[0] == RouteRule:
+            # A regular expression may itself contain commas ({1,3}): splitting could change its meaning.
+            if "," in text:
+                raise _EnvProblem(loc, 'a regex may contain ",": write the list as JSON, e.g. ["^/a/"]')
+            return [text]
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation) and not raw:
+        return None
+    return raw
+
+
+def _json(raw: str, loc: Loc) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        # exc.msg and the position only: the text itself may hold a secret.
+        raise _EnvProblem(loc, f"not valid JSON: {exc.msg} (character {exc.pos + 1})") from None
+
+
+class _EnvironmentSource(PydanticBaseSettingsSource):
+    """The environment as `read_environment()` reads it; variables it cannot read are left out here,
+    and `load()` reports them."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return read_environment(os.environ).values
+
+
 # --- loading and error reporting -----------------------------------------------------------------------
 
 
 def load(path: str | Path) -> Config:
     """Read, merge and validate the configuration; raise ConfigError with every problem found."""
     data = _read_toml(Path(path))
+    environment = read_environment(os.environ)
+    unreadable = [loc for loc, _ in environment.problems]
+    problems = [problem for _, problem in environment.problems]
     try:
-        return Config(**data)
+        config = Config(**data)
     except ValidationError as exc:
-        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+        for error in exc.errors():
+            loc, text = _locate(error)
+            # An error about a key whose variable could not be read is about the file's value or a
+            # "missing" that the variable was meant to fill: the variable's own problem says it all.
+            if not any(loc[: len(bad)] == bad for bad in unreadable):
+                problems.append(_with_origin(loc, text, environment.origins))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -384,20 +660,28 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
     return out
 
 
-def _describe(error: Any) -> str:
-    """One line, `key: message`, never echoing the offending value (it may be a secret)."""
-    loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
+def _locate(error: Any) -> tuple[Loc, str]:
+    """The key an error concerns and its message, never echoing the offending value (it may be a secret)."""
+    loc: Loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
     message = str(error["msg"]).removeprefix("Value error, ")
-    key = _dotted(loc)
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key{_suggestion(loc)}"
+        return loc, f"unknown key{_suggestion(loc)}"
     if error["type"] == "missing":
-        return f"{key}: missing (required)"
+        return loc, "missing (required)"
     # Validators that concern a specific field of the section name it as `field: message`.
     field, sep, rest = message.partition(": ")
     if sep and re.fullmatch(r"[a-z_]+", field):
-        return f"{key}.{field}: {rest}" if key else f"{field}: {rest}"
-    return f"{key}: {message}" if key else message
+        return (*loc, field), rest
+    return loc, message
+
+
+def _with_origin(loc: Loc, text: str, origins: Mapping[Loc, str]) -> str:
+    """One line, `key: message`, and the variable the key's value came from, if any."""
+    line = f"{_dotted(loc)}: {text}" if loc else text
+    for length in range(len(loc), 0, -1):
+        if loc[:length] in origins:
+            return f"{line} (from {origins[loc[:length]]})"
+    return line
 
 
 def _suggestion(loc: tuple[str | int, ...]) -> str:

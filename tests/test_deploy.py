@@ -24,6 +24,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,6 +55,7 @@ COMPOSE_DIR = REPO / "deploy" / "compose"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 
 PLACEHOLDER = "CHANGE-ME"
+CLIENT_ID = str(uuid.uuid4())
 CLIENT_SECRET = secrets.token_hex(32)
 COOKIE_SECRET = secrets.token_urlsafe(32)
 FILLED = {"client_secret": CLIENT_SECRET, "cookie_secrets": COOKIE_SECRET}
@@ -63,6 +65,8 @@ CHART_ONLY_LABELS = {"app.kubernetes.io/version", "app.kubernetes.io/managed-by"
 
 
 def fill_placeholders(key: str, value: str) -> str:
+    if key == "config.toml":  # the ConfigMap's one placeholder: the organization ID
+        return value.replace(f'client_id = "{PLACEHOLDER}"', f'client_id = "{CLIENT_ID}"')
     return FILLED[key] if value == PLACEHOLDER else value
 
 
@@ -267,7 +271,9 @@ def test_placeholders_cannot_go_live(
         files, config_argument(container(deployment, "authproxy")), monkeypatch, capsys
     )
     assert code == 2
-    assert errors.startswith("session.cookie_secrets: ")
+    # Each CHANGE-ME is refused by name: the organization ID and both secret files.
+    keys = [line.split(":", 1)[0] for line in errors.splitlines()]
+    assert keys == ["centralauth.client_id", "centralauth.client_secret_file", "session.cookie_secret_file"]
 
 
 # --- Helm chart ----------------------------------------------------------------------------------------
