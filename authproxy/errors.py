@@ -15,6 +15,8 @@ class AuthproxyError(Exception):
     code: ClassVar[str] = "internal_error"
     status: ClassVar[int] = 500
     message: ClassVar[str] = "The proxy could not handle this request."
+    # Seconds a client should wait before trying again (a `Retry-After` header), for passing overloads.
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, detail: str | None = None, *, public: str | None = None) -> None:
         super().__init__(detail or self.message)
@@ -95,28 +97,57 @@ class AmbiguousRequest(AuthproxyError):
     message = "This request is malformed or ambiguous, and was not passed on."
 
 
+# Why `[authorization]` refused someone, by the rule names of `authorization.denial`: in words the user
+# can act on, and without the configuration itself (no list of the admitted domains or addresses).
+DENIAL_REASONS: dict[str, str] = {
+    "email_not_allowed": "It admits only some e-mail addresses or domains, and yours is not one of them.",
+    "unverified_email": "It admits only verified e-mail addresses, and yours is not verified at CentralAuth.",
+    "blocked": "Your account is blocked at CentralAuth.",
+    "organization": "Your account belongs to another CentralAuth organization than this application.",
+}
+
+
 class AccessDenied(AuthproxyError):
-    """The user signed in but the `[authorization]` rules do not admit them."""
+    """The user signed in but the `[authorization]` rules do not admit them.
+
+    The message names the kind of rule, never whether a session exists: at login none was made, on a
+    proxied request there is one, and only the page rendering the error knows which.
+    """
 
     code = "access_denied"
     status = 403
-    message = "You are signed in, but this account is not allowed to use this application."
+    message = "This account is not allowed to use this application."
 
     def __init__(self, rule: str) -> None:
-        super().__init__()
+        reason = DENIAL_REASONS.get(rule)
+        super().__init__(public=f"{self.message} {reason}" if reason else None)
         self.rule = rule
 
 
 class UpstreamUnavailable(AuthproxyError):
+    """The upstream could not be reached or broke the exchange; `detail` names the cause for the log
+    (refused, reset, DNS, TLS verification and its certificate error, protocol error)."""
+
     code = "upstream_unavailable"
     status = 502
     message = "The application behind this proxy is not answering. Please try again shortly."
 
 
 class UpstreamTimeout(AuthproxyError):
+    """The upstream was silent too long; `detail` says at which stage (connect, response, read)."""
+
     code = "upstream_timeout"
     status = 504
     message = "The application behind this proxy took too long to answer."
+
+
+class UpstreamBusy(AuthproxyError):
+    """Every upstream connection of this worker was in use for longer than the acquire timeout."""
+
+    code = "upstream_busy"
+    status = 503
+    message = "The application behind this proxy is busy. Please try again in a moment."
+    retry_after = 2
 
 
 class SessionStoreUnavailable(AuthproxyError):

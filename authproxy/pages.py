@@ -19,7 +19,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -51,17 +51,24 @@ _STYLE = (
     "body{font:16px/1.55 system-ui,-apple-system,'Segoe UI',sans-serif;background:#f4f5f7;color:#1d2430;"
     "margin:0;display:flex;min-height:100vh;align-items:center;justify-content:center}"
     "main{background:#fff;max-width:28rem;width:calc(100% - 2rem);box-sizing:border-box;padding:2rem;"
-    "border-radius:14px;box-shadow:0 2px 14px rgba(0,0,0,.08)}"
+    "margin:1rem 0;border-radius:14px;box-shadow:0 2px 14px rgba(0,0,0,.08);overflow-wrap:anywhere}"
     "header{display:flex;align-items:center;gap:.6rem;color:#5b6474;font-size:.9rem;margin-bottom:1.2rem}"
     "header img{max-height:2rem;max-width:8rem}"
-    "h1{font-size:1.35rem;margin:0 0 .75rem}p{margin:.5rem 0 1rem}"
+    "h1{font-size:1.35rem;margin:0 0 .75rem}p{margin:.5rem 0 1rem}.note{color:#5b6474;font-size:.95rem}"
     "a.button,button{display:inline-block;background:#2457d6;color:#fff;border:0;border-radius:8px;"
     "padding:.65rem 1.3rem;font:inherit;text-decoration:none;cursor:pointer;min-height:44px;"
-    "box-sizing:border-box}a.button:hover,button:hover{background:#1b45ad}"
+    "box-sizing:border-box;text-align:center}a.button:hover,button:hover{background:#1b45ad}"
+    # Two actions side by side get equal widths, and stack (full width) when the screen is too narrow.
+    ".actions{display:flex;flex-wrap:wrap;gap:.75rem;margin:1.5rem 0 .5rem}"
+    ".actions>*{flex:1 1 9rem;margin:0}"
+    "a.button.secondary{background:transparent;color:#2457d6;box-shadow:inset 0 0 0 1.5px #2457d6}"
+    "a.button.secondary:hover{background:#eef2fd}"
     "small{color:#6b7280;display:block;margin-top:1.5rem;word-break:break-all}"
     "footer{color:#6b7280;font-size:.85rem;margin-top:1rem;border-top:1px solid #e5e7eb;padding-top:.8rem}"
     "@media (prefers-color-scheme:dark){body{background:#111418;color:#e6e8eb}"
-    "main{background:#1b1f24;box-shadow:none}footer{border-color:#2c3138}}"
+    "main{background:#1b1f24;box-shadow:none}footer{border-color:#2c3138}.note{color:#a3aab5}"
+    "a.button.secondary{color:#9db8ff;box-shadow:inset 0 0 0 1.5px #9db8ff}"
+    "a.button.secondary:hover{background:#242b36}}"
 )
 
 
@@ -152,6 +159,28 @@ def json_error(status: int, code: str, message: str, request_id: str) -> web.Res
 _TO_SIGN_IN = 'referrerpolicy="origin"'
 
 
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A button-styled link on a page; `to_sign_in` for links into the start route (see `_TO_SIGN_IN`)."""
+
+    href: str
+    label: str
+    secondary: bool = False
+    to_sign_in: bool = False
+
+
+def action_links(actions: Sequence[Action]) -> str:
+    """The row of buttons under a page's text: equal widths, stacked on a narrow screen."""
+    if not actions:
+        return ""
+    links = "".join(
+        f'<a class="button{" secondary" if action.secondary else ""}" href="{escape(action.href)}"'
+        f"{' ' + _TO_SIGN_IN if action.to_sign_in else ''}>{escape(action.label)}</a>"
+        for action in actions
+    )
+    return f'<div class="actions">{links}</div>'
+
+
 def error_page(
     status: int,
     title: str,
@@ -159,21 +188,51 @@ def error_page(
     request_id: str,
     retry_url: str | None = None,
     branding: Branding = DEFAULT_BRANDING,
+    *,
+    note: str = "",
+    actions: Sequence[Action] = (),
 ) -> web.Response:
-    action = ""
-    if retry_url:
-        action = f'<p><a class="button" href="{escape(retry_url)}" {_TO_SIGN_IN}>Sign in again</a></p>'
+    """An error: `message` says what happened, `note` what it means for the user; both plain text.
+
+    `retry_url` is the usual single "Sign in again" button; `actions` replace it when given.
+    """
+    if not actions and retry_url:
+        actions = (Action(retry_url, "Sign in again", to_sign_in=True),)
+    body = f"<p>{escape(message)}</p>"
+    if note:
+        body += f'<p class="note">{escape(note)}</p>'
     return html_page(
-        title, f"<p>{escape(message)}</p>{action}", status=status, request_id=request_id, branding=branding
+        title, body + action_links(actions), status=status, request_id=request_id, branding=branding
     )
 
 
 def sign_in_page(start_url: str, request_id: str, branding: Branding = DEFAULT_BRANDING) -> web.Response:
-    body = (
-        "<p>This application needs you to sign in with CentralAuth.</p>"
-        f'<p><a class="button" href="{escape(start_url)}" {_TO_SIGN_IN}>Sign in</a></p>'
+    body = "<p>This application needs you to sign in with CentralAuth.</p>" + action_links(
+        (Action(start_url, "Sign in", to_sign_in=True),)
     )
     return html_page("Sign in", body, request_id=request_id, branding=branding)
+
+
+def signed_out_page(
+    start_url: str, request_id: str, *, session_wide: bool, branding: Branding = DEFAULT_BRANDING
+) -> web.Response:
+    """Where a sign-out without a return URL ends: a plain statement, and the way back in."""
+    if session_wide:
+        scope = (
+            "Your CentralAuth session has ended too, so every application that signs you in with "
+            "CentralAuth will ask you to sign in again."
+        )
+    else:
+        scope = (
+            "Only this application signed you out: your CentralAuth session goes on, so other "
+            "applications that use CentralAuth may still be signed in."
+        )
+    body = (
+        "<p>You have signed out of this application.</p>"
+        f'<p class="note">{escape(scope)}</p>'
+        + action_links((Action(start_url, "Sign in again", to_sign_in=True),))
+    )
+    return html_page("You are signed out", body, request_id=request_id, branding=branding)
 
 
 def wants_json(accept: str, requested_with: str, api_route: bool) -> bool:

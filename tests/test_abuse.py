@@ -211,7 +211,7 @@ async def test_absolute_form_reaches_only_the_configured_upstream(target: Target
     assert status_of(answer) == 200
     (forwarded,) = received
     assert forwarded.target == "/public/y?q=1"
-    assert forwarded.header("host") == [f"127.0.0.1:{target.upstream.port}"]
+    assert forwarded.header("host") == ["a"]  # the browser's Host, as sent (preserve_host)
     logs.assert_clean()
 
 

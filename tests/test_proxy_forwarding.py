@@ -116,9 +116,9 @@ async def test_longest_prefix_wins_and_preserve_host(
     proxy = await proxy_factory(
         routes={"skip_auth": ["^/"]},
         upstreams=[
-            {"path": "/api", "url": urls["api"]},
-            {"path": "/api/v2", "url": urls["api-v2"], "preserve_host": True},
-            {"path": "/", "url": urls["api"]},
+            {"path": "/api", "url": urls["api"], "preserve_host": False},
+            {"path": "/api/v2", "url": urls["api-v2"]},  # the default: the browser's Host
+            {"path": "/", "url": urls["api"], "preserve_host": False},
         ],
     )
     async with ClientSession() as http:

@@ -1,7 +1,8 @@
 """The demo's upstream app: it knows nothing about login and shows what the proxy told it.
 
-Pages: `/` (HTML with the identity headers and a websocket check), `/api/whoami` (JSON), `/ws`
-(websocket echo), `/download?mb=N` (a large streamed body), `/slow?seconds=S` (a slow answer).
+Pages: `/` (HTML with the identity headers and a websocket check), `/reports` (a sample deep link, the
+README's example), `/api/whoami` (JSON), `/ws` (websocket echo), `/download?mb=N` (a large streamed
+body), `/slow?seconds=S` (a slow answer).
 Every answer is `Cache-Control: no-store`, so the back button after sign-out asks the proxy again.
 """
 
@@ -15,29 +16,51 @@ from aiohttp import WSMsgType, web
 NO_STORE = {"Cache-Control": "no-store"}
 IDENTITY = ("X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Preferred-Username", "X-Forwarded-For")
 
+# Header names break only after their hyphens, values anywhere: a 390 px phone shows every row without
+# sideways scrolling and without splitting `Forwarded` mid-word.
+_STYLE = """body{font:16px/1.5 system-ui,sans-serif;max-width:44rem;margin:0 auto;padding:1.5rem 1rem;
+color:#1d2430;overflow-wrap:anywhere}h1{font-size:1.6rem;line-height:1.25;margin:.5rem 0 1rem}
+table{border-collapse:collapse;width:100%;table-layout:fixed}
+td,th{text-align:left;vertical-align:top;padding:.4rem .5rem;border-bottom:1px solid #ddd}
+th{width:40%;font-weight:600;overflow-wrap:normal;word-break:normal;hyphens:none}
+td{overflow-wrap:anywhere}
+code{background:#f1f3f5;padding:.1rem .3rem;border-radius:4px}
+nav{display:flex;flex-wrap:wrap;gap:.4rem 1rem;margin:1rem 0}
+.ok{color:#16794c}.bad{color:#b42318}a.button,button{background:#2457d6;color:#fff;border:0;
+border-radius:8px;padding:.6rem 1.2rem;font:inherit;text-decoration:none;cursor:pointer;min-height:44px}
+@media (max-width:30rem){th{width:45%}td,th{padding:.4rem .3rem}}"""
+
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1"><title>whoami</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem;
-color:#1d2430}}table{{border-collapse:collapse;width:100%}}
-td,th{{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;word-break:break-all}}
-code{{background:#f1f3f5;padding:.1rem .3rem;border-radius:4px}}
-.ok{{color:#16794c}}.bad{{color:#b42318}}a.button,button{{background:#2457d6;color:#fff;border:0;
-border-radius:8px;padding:.5rem 1rem;font:inherit;text-decoration:none;cursor:pointer}}</style></head>
-<body><h1>Hello, <span id="email">{email}</span></h1>
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>{title}</title>
+<style>{style}</style></head>
+<body>{body}
+<nav><a href="/">Who am I</a> <a href="/reports">Reports</a> <a href="/api/whoami">JSON</a>
+<a href="/download?mb=10">10 MB download</a> <a href="/slow?seconds=2">slow page</a></nav>
+<form method="post" action="{prefix}/sign_out"><button id="sign-out" type="submit">Sign out</button></form>
+{script}</body></html>"""
+
+_WHOAMI = """<h1>Hello, <span id="email">{email}</span></h1>
 <p>This app knows nothing about login. authproxy signed you in with CentralAuth and told it who you are:</p>
 <table>{rows}</table>
-<p>Websocket through the proxy: <strong id="ws-status">checking…</strong></p>
-<p><a href="/api/whoami">JSON</a> · <a href="/download?mb=10">10 MB download</a> ·
-<a href="/slow?seconds=2">slow page</a></p>
-<form method="post" action="{prefix}/sign_out"><button id="sign-out" type="submit">Sign out</button></form>
-<script>
+<p>Websocket through the proxy: <strong id="ws-status">checking…</strong></p>"""
+
+_WEBSOCKET_CHECK = """<script>
 const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
 const status = document.getElementById("ws-status");
 ws.onopen = () => ws.send("ping " + Date.now());
-ws.onmessage = (event) => {{ status.textContent = "ok (echoed " + event.data.length + " bytes)";
-  status.className = "ok"; ws.close(); }};
-ws.onerror = () => {{ status.textContent = "failed"; status.className = "bad"; }};
-</script></body></html>"""
+ws.onmessage = (event) => { status.textContent = "ok (echoed " + event.data.length + " bytes)";
+  status.className = "ok"; ws.close(); };
+ws.onerror = () => { status.textContent = "failed"; status.className = "bad"; };
+</script>"""
+
+# The sample deep link of the README's sequence diagram: a page behind the proxy that is not `/`, to
+# show a login returning to where it started. The figures are made up.
+_REPORTS = (("January", 1204, 87), ("February", 1350, 91), ("March", 1298, 104))
+
+
+def _html(title: str, body: str, prefix: str, script: str = "") -> web.Response:
+    html = _PAGE.format(title=escape(title), style=_STYLE, body=body, prefix=escape(prefix), script=script)
+    return web.Response(text=html, content_type="text/html", headers=NO_STORE)
 
 
 def _identity(request: web.Request) -> dict[str, str]:
@@ -49,12 +72,22 @@ async def page(request: web.Request) -> web.Response:
     rows = "".join(
         f"<tr><th>{escape(k)}</th><td><code>{escape(v)}</code></td></tr>" for k, v in identity.items()
     )
-    html = _PAGE.format(
-        email=escape(identity["X-Forwarded-Email"] or "stranger"),
-        rows=rows,
-        prefix=escape(request.app[PREFIX]),
+    body = _WHOAMI.format(email=escape(identity["X-Forwarded-Email"] or "stranger"), rows=rows)
+    return _html("whoami", body, request.app[PREFIX], _WEBSOCKET_CHECK)
+
+
+async def reports(request: web.Request) -> web.Response:
+    email = request.headers.get("X-Forwarded-Email", "") or "stranger"
+    rows = "".join(
+        f"<tr><td>{month}</td><td>{visits:,}</td><td>{new}</td></tr>" for month, visits, new in _REPORTS
     )
-    return web.Response(text=html, content_type="text/html", headers=NO_STORE)
+    body = (
+        '<h1 id="reports">Reports</h1>'
+        f'<p>Quarterly figures for <span id="email">{escape(email)}</span>. A deep link like this one is '
+        "where a login returns to: the proxy keeps it through CentralAuth and back.</p>"
+        f"<table><tr><th>Month</th><th>Visits</th><th>Sign-ups</th></tr>{rows}</table>"
+    )
+    return _html("Reports", body, request.app[PREFIX])
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -103,6 +136,7 @@ def make_app(proxy_prefix: str = "/oauth2") -> web.Application:
     app = web.Application()
     app[PREFIX] = proxy_prefix
     app.router.add_get("/", page)
+    app.router.add_get("/reports", reports)
     app.router.add_get("/api/whoami", whoami)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/download", download)

@@ -64,7 +64,8 @@ def _completion(query: LoginQuery) -> Completion:
 def _form(
     request: web.Request, query: LoginQuery, *, error: str = "", email: str = "", status: int = 200
 ) -> web.Response:
-    page = login_form(query, request.path_qs, error=error, email=email or None)
+    open_sign_up = context(request).settings.enable_user_creation
+    page = login_form(query, request.path_qs, error=error, email=email or None, open_sign_up=open_sign_up)
     return html_response(page, status=status, frameable=query.embed)
 
 

@@ -14,13 +14,19 @@ from aiohttp import web
 from .loginquery import LoginQuery
 
 _STYLE = (
-    "body{font-family:system-ui,sans-serif;background:var(--bg,#f4f5f7);color:#1d2330;margin:0}"
-    "main{max-width:26rem;margin:4rem auto;background:#fff;padding:2rem;border-radius:.5rem;"
-    "box-shadow:0 1px 4px #0002}"
+    "body{font-family:system-ui,sans-serif;background:var(--bg,#f4f5f7);color:#1d2330;margin:0;"
+    "padding:1rem}"
+    # The card keeps a margin on a phone (the body's padding) and never grows wider than the screen.
+    "main{max-width:26rem;margin:3rem auto;background:#fff;padding:2rem;border-radius:.5rem;"
+    "box-shadow:0 1px 4px #0002;box-sizing:border-box;overflow-wrap:anywhere}"
+    "@media (max-width:30rem){main{margin:1rem auto;padding:1.5rem 1.25rem}}"
     "h1{font-size:1.3rem;margin-top:0}label{display:block;margin:.5rem 0 .25rem}"
-    "input{width:100%;box-sizing:border-box;padding:.5rem;font-size:1rem}"
-    "button{margin-top:1rem;padding:.5rem 1rem;font-size:1rem;background:var(--primary,#2856d8);"
-    "color:#fff;border:0;border-radius:.25rem}.error{color:#a3141a}code{background:#eee;padding:0 .2rem}"
+    "input{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem}"
+    "button{margin-top:1rem;padding:.6rem 1rem;font-size:1rem;background:var(--primary,#2856d8);"
+    "color:#fff;border:0;border-radius:.25rem;min-height:44px;width:100%}"
+    ".error{color:#a3141a}code{background:#eee;padding:0 .2rem}"
+    ".fake{background:#fff4d6;border:1px solid #e8c55a;color:#5c4400;border-radius:.25rem;"
+    "padding:.5rem .75rem;font-size:.9rem;margin:0 0 1rem}"
 )
 # Posts the page height to the embedding window, as CentralAuth's embedded login does (protocol §6.7.4).
 _EMBED_SCRIPT = (
@@ -46,8 +52,14 @@ def html_response(text: str, status: int = 200, *, frameable: bool = False) -> w
     return web.Response(text=text, status=status, content_type="text/html", headers=headers)
 
 
-def login_form(query: LoginQuery, action: str, *, error: str = "", email: str | None = None) -> str:
-    """The e-mail form. `action` is the current `/login?...` URL, so the POST carries the same query."""
+def login_form(
+    query: LoginQuery, action: str, *, error: str = "", email: str | None = None, open_sign_up: bool = True
+) -> str:
+    """The e-mail form. `action` is the current `/login?...` URL, so the POST carries the same query.
+
+    It says plainly that it is the fake, so nobody takes it for the real CentralAuth or types a
+    password, and (with `open_sign_up`, the fake's `enableUserCreation`) that any e-mail address works.
+    """
     texts = query.translations
     if query.affirm:
         title = "Confirm it's you"
@@ -66,8 +78,10 @@ def login_form(query: LoginQuery, action: str, *, error: str = "", email: str | 
         )
         if value
     )
+    anyone = " Any e-mail address signs in; there is no password." if open_sign_up else ""
+    fake = f'<p class="fake" id="fake-notice">A fake CentralAuth for development and tests.{anyone}</p>'
     body = (
-        f"<h1>{escape(title)}</h1>{notices}<p>{escape(intro)}</p>"
+        f"<h1>{escape(title)}</h1>{fake}{notices}<p>{escape(intro)}</p>"
         f'<form method="post" action="{escape(action)}">'
         f'<label for="email">E-mail</label>'
         f'<input id="email" name="email" type="email" required autofocus '

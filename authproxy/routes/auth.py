@@ -90,7 +90,11 @@ async def callback(request: web.Request) -> web.Response:
     try:
         response = await _complete_login(request, runtime, state)
     except AuthproxyError as exc:
-        response = render_error(request, exc)
+        # The page's "try again" starts a new login to where this one was going; peeking at the
+        # transaction changes nothing (only `_complete_login` consumes its state).
+        pending = runtime.transactions.open(state, request.cookies, runtime.clock())
+        return_to = pending.return_to if pending is not None else None
+        response = render_error(request, exc, return_to=return_to, signed_in=False)
         detail = getattr(exc, "error_code", getattr(exc, "rule", None))
         audit.event("login.failure", request_id(request), reason=exc.code, detail=detail)
         runtime.metrics.logins.labels(exc.code).inc()

@@ -5,13 +5,23 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
 
 from authproxy import pages
 from authproxy.cookies import ConflictingCookies
-from authproxy.errors import AuthproxyError, LoginError, LoginExpired
+from authproxy.errors import (
+    AccessDenied,
+    AuthproxyError,
+    CentralAuthUnavailable,
+    LoginError,
+    LoginExpired,
+    UpstreamBusy,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from authproxy.headers import combined
 from authproxy.runtime import RUNTIME
 
@@ -90,25 +100,81 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-def render_error(request: web.Request, exc: AuthproxyError) -> web.Response:
+def render_error(
+    request: web.Request, exc: AuthproxyError, *, return_to: str | None = None, signed_in: bool = True
+) -> web.Response:
+    """`exc` as JSON for programs, or as a page with the ways on that make sense for a person.
+
+    The login callback passes `return_to` (its transaction's target, when it knows one) and
+    `signed_in=False`: a refusal there made no session. Everywhere else an `AccessDenied` comes from
+    checking an existing session.
+    """
     rid = request_id(request)
     log.info("request.error", code=exc.code, status=exc.status, detail=exc.detail, request_id=rid)
     runtime = request.app[RUNTIME]
     if api_client(request):
         response = pages.json_error(exc.status, exc.code, exc.public, rid)
     else:
-        again = isinstance(exc, LoginError | ConflictingCookies) or exc.status == 401
-        retry = f"{runtime.prefix}/start" if again else None
+        note, actions = _ways_on(request, exc, return_to, signed_in)
         response = pages.error_page(
-            exc.status, _title(exc), exc.public, rid, retry_url=retry, branding=runtime.branding
+            exc.status, _title(exc), exc.public, rid, branding=runtime.branding, note=note, actions=actions
         )
     if isinstance(exc, ConflictingCookies):
         # Both copies go, so the sign-in this page offers ends with one session cookie, not two.
         runtime.cookie.clear_everywhere(response)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 
+def _ways_on(
+    request: web.Request, exc: AuthproxyError, return_to: str | None, signed_in: bool
+) -> tuple[str, tuple[pages.Action, ...]]:
+    """What an error page adds to the error's message: a note, and its buttons."""
+    prefix = request.app[RUNTIME].prefix
+    # Where the user was going: the login's own target at the callback, else this page (a GET only:
+    # following a link repeats no form submission).
+    here = request.path_qs if request.method in ("GET", "HEAD") else "/"
+    target = return_to or (here if not request.path.startswith(f"{prefix}/") else "/")
+    start = f"{prefix}/start?{urlencode({'rd': target})}"
+    if isinstance(exc, AccessDenied):
+        if signed_in:
+            note = "You are signed in, but cannot use this application with this account."
+        else:
+            note = "CentralAuth signed you in, but this application did not: you are not signed in here."
+        # Signing out first matters when a session exists, and is harmless when none does; without it a
+        # CentralAuth that remembers the browser could hand back the very same account.
+        another = f"{prefix}/sign_out?{urlencode({'rd': start})}"
+        return note, (
+            pages.Action(another, "Use another account"),
+            pages.Action(f"{prefix}/sign_out", "Sign out", secondary=True),
+        )
+    if isinstance(exc, CentralAuthUnavailable) and return_to is not None:
+        # A failed callback cannot be repeated (its code and state are used up); a new login can.
+        note = (
+            "Your sign-in could not be finished, so you are not signed in yet. Try again to start a new one."
+        )
+        return note, (pages.Action(start, "Try again", to_sign_in=True),)
+    if isinstance(exc, CentralAuthUnavailable | UpstreamUnavailable | UpstreamTimeout | UpstreamBusy):
+        if request.method in ("GET", "HEAD") and not request.path.startswith(f"{prefix}/"):
+            return "", (pages.Action(request.path_qs, "Try again"),)
+        return "", ()
+    if isinstance(exc, LoginError | ConflictingCookies) or exc.status == 401:
+        # Without a known target the login goes to `/`, the start route's own default.
+        retry = start if return_to is not None else f"{prefix}/start"
+        return "", (pages.Action(retry, "Sign in again", to_sign_in=True),)
+    return "", ()
+
+
 def _title(exc: AuthproxyError) -> str:
+    if isinstance(exc, AccessDenied):
+        return "Access denied"
+    if isinstance(exc, CentralAuthUnavailable):
+        return "Sign-in service unavailable"
+    if isinstance(exc, UpstreamUnavailable | UpstreamTimeout):
+        return "The application is not answering"
+    if isinstance(exc, UpstreamBusy):
+        return "The application is busy"
     if exc.status == 403:
         return "Access denied"
     if exc.status in (502, 503, 504):
