@@ -18,7 +18,7 @@ from aiohttp import web
 from authproxy import access_log, answers
 from authproxy.access_log import AccessLogger
 from authproxy.authorization import Rules
-from authproxy.config import Config, split_host_port
+from authproxy.config import Config, UpstreamConfig, split_host_port
 from authproxy.cookies import CookieValues, SessionCookie
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
 from authproxy.h1 import Pool
@@ -38,6 +38,8 @@ from authproxy.session import redis_store
 from authproxy.session.seal import Sealer
 from authproxy.session.store import CookieStore, SessionStore
 from authproxy.transaction import TransactionCookies
+from authproxy.watch import GOING_AWAY
+from authproxy.websocket import Clients
 
 if TYPE_CHECKING:
     from authproxy.session.redis import RedisClient
@@ -87,7 +89,7 @@ def build_runtime(
             allow_blocked_users=config.authorization.allow_blocked_users,
         ),
         routes=RouteRules.from_config(config.routes.skip_auth, config.routes.api),
-        router=Router([Upstream(u.path, u.url, u.preserve_host, u.timeout) for u in config.upstreams]),
+        router=Router([_upstream(table) for table in config.upstreams]),
         metrics=Metrics(),
         branding=Branding(config.branding.title, config.branding.logo_url, config.branding.footer),
         trusted_proxies=list(config.server.trusted_proxies),
@@ -100,6 +102,22 @@ def build_runtime(
     )
 
 
+def _upstream(table: UpstreamConfig) -> Upstream:
+    return Upstream(
+        table.path,
+        table.url,
+        preserve_host=table.preserve_host,
+        timeout=table.timeout,
+        connect_timeout=table.connect_timeout,
+        send_timeout=table.send_timeout,
+        ca_file=table.ca_file,
+        verify=table.verify,
+        server_name=table.server_name,
+        client_cert_file=table.client_cert_file,
+        client_key_file=table.client_key_file,
+    )
+
+
 def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.Application:
     runtime = build_runtime(config, clock)
     # Refuse to start if a spoofed identity header or a proxy cookie could reach an upstream.
@@ -109,6 +127,9 @@ def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.App
     app = web.Application(middlewares=[request_context])
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_client_sessions)
+    # Event streams are watched like websockets once their answer says what it is.
+    app.on_response_prepare.append(proxy.watch_event_stream)
+    app.on_shutdown.append(_end_connections)
     app.cleanup_ctx.append(_metrics_listener)
     app.on_cleanup.append(_flush_access_log)
     prefix = runtime.prefix
@@ -119,6 +140,7 @@ def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.App
     app.router.add_get(f"{prefix}/sign_in", auth.sign_in, name="sign_in")
     app.router.add_route("GET", f"{prefix}/sign_out", signout.sign_out, name="sign_out")
     app.router.add_route("POST", f"{prefix}/sign_out", signout.sign_out, name="sign_out_post")
+    app.router.add_get(f"{prefix}/signed_out", signout.signed_out, name="signed_out")
     app.router.add_get(f"{prefix}/auth", forward_auth.auth, name="forward_auth")
     app.router.add_get(f"{prefix}/userinfo", forward_auth.userinfo, name="userinfo")
     # Any path, including one whose decoded form holds a newline (`.` would not match it, and the router
@@ -128,11 +150,18 @@ def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.App
 
 
 async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
-    """One upstream connection pool and one aiohttp client session (CentralAuth, websockets) per worker."""
+    """Per worker: one upstream connection pool, one aiohttp client session for CentralAuth, and the
+    websocket client sessions, whose connections are bounded by `[websocket] max_open` on their own."""
     runtime = app[RUNTIME]
     http = make_client_session()
     runtime.client_session = http
-    pool = runtime.upstream_pool = Pool()
+    websockets = runtime.websocket_clients = Clients(runtime.config.websocket.max_open)
+    server = runtime.config.server
+    pool = runtime.upstream_pool = Pool(
+        limit=server.upstream_connections,
+        keepalive=server.upstream_keepalive,
+        acquire_timeout=server.upstream_acquire_timeout,
+    )
     _attach_backchannel(runtime)
     runtime.metrics.track_cache_size(lambda: len(app[RUNTIME].checker))
     listener = None
@@ -142,7 +171,7 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
 
         # Looks the checker up on every message: a reload replaces it.
         listener = asyncio.ensure_future(
-            listen_for_revocations(redis.client, lambda digest: _evict_hex(app[RUNTIME].checker, digest))
+            listen_for_revocations(redis.client, lambda digest: _evict_hex(app[RUNTIME], digest))
         )
     yield
     if listener is not None:
@@ -152,6 +181,7 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
     if redis is not None:
         await redis.client.aclose()
     await pool.close()
+    await websockets.close()
     await http.close()
 
 
@@ -184,8 +214,13 @@ RESTART_ONLY = (
     ("server", "workers"),
     ("server", "metrics_listen"),
     ("server", "shutdown_grace"),
+    ("server", "upstream_connections"),
+    ("server", "upstream_keepalive"),
+    ("server", "upstream_acquire_timeout"),
     ("session", "store"),
     ("session", "redis_url"),
+    # The websocket connector's limit is set when it is made.
+    ("websocket", "max_open"),
 )
 
 
@@ -220,15 +255,25 @@ def reload(app: web.Application, config: Config) -> list[str]:
     fresh.upstream_pool = runtime.upstream_pool
     fresh.metrics = runtime.metrics
     fresh.used_states = runtime.used_states
+    fresh.connections = runtime.connections
+    fresh.websocket_clients = runtime.websocket_clients
     _attach_backchannel(fresh)
     vars(runtime).update(vars(fresh))
     return kept
 
 
-def _evict_hex(checker: SessionChecker, digest: str) -> None:
-    """A token another replica saw die (its SHA-256 in hex): drop its answers and refuse it here too."""
+def _evict_hex(runtime: Runtime, digest: str) -> None:
+    """A token another replica saw die (its SHA-256 in hex): drop its answers and refuse it here too,
+    and close its websockets and event streams."""
     with contextlib.suppress(ValueError):
-        checker.dead_elsewhere(bytes.fromhex(digest))
+        raw = bytes.fromhex(digest)
+        runtime.checker.dead_elsewhere(raw)
+        runtime.connections.end_session(raw, "session ended")
+
+
+async def _end_connections(app: web.Application) -> None:
+    """At shutdown, websockets and event streams are told so (1001) instead of holding the grace period."""
+    app[RUNTIME].connections.end_all(GOING_AWAY, "server shutting down")
 
 
 def _counted(client: CentralAuthClient, metrics: Metrics) -> Fetch:

@@ -1,7 +1,8 @@
 """The `authproxy` command line: serve, check-config, devidp, demo, gen-secret.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid configuration (one line per problem,
-each naming its key).
+each naming its key). Valid but risky settings are warnings (`warning: key: message` from check-config,
+`config.warning` events from serve); `check-config --strict` refuses them too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from authproxy import __version__
-from authproxy.config import ConfigError, load
+from authproxy.config import Config, ConfigError, load
+from authproxy.config_checks import config_warnings
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -31,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file (exit 0, or 2 with errors)")
     check.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML config file")
+    check.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
 
     # Only listed here for --help: its options belong to the fake and are parsed by it (see main()).
     commands.add_parser("devidp", help="run the fake CentralAuth server (devidp --help for options)")
@@ -43,15 +46,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_config(path: str) -> int:
+def check_config(path: str, strict: bool = False) -> int:
     try:
-        load(path)
+        config = load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{path}: configuration is valid")
+    warnings = config_warnings(config)
+    if strict and warnings:
+        # Under --strict a warning is an error, printed as errors are: one `key: message` line.
+        for warning in warnings:
+            print(warning, file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    count = f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})" if warnings else ""
+    print(f"{path}: configuration is valid{count}")
     return EXIT_OK
+
+
+def log_config_warnings(config: Config) -> None:
+    """The check-config warnings as `config.warning` events, once logging is configured."""
+    import structlog
+
+    log = structlog.get_logger("authproxy.config")
+    for warning in config_warnings(config):
+        log.warning("config.warning", key=warning.key, message=warning.message)
 
 
 def gen_secret() -> int:
@@ -70,6 +91,7 @@ def serve(path: str) -> int:
     from authproxy import logs, server
 
     logs.configure(config.logging.format, config.logging.level)
+    log_config_warnings(config)
     return server.run(path, config)
 
 
@@ -77,16 +99,16 @@ def demo(port: int, idp_port: int, app_port: int) -> int:
     import asyncio
 
     from authproxy import logs
-    from authproxy.demo.run import run_forever
+    from authproxy.demo.run import PortUnavailable, run_forever
 
     logs.configure("console", "info")
     try:
         asyncio.run(run_forever(port, idp_port, app_port))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # only before its own SIGINT handler is installed
         return EXIT_OK
-    except OSError as exc:
-        print(f"authproxy demo: {exc.strerror} (is another demo running? try --port)", file=sys.stderr)
-        return EXIT_FAILURE
+    except PortUnavailable as exc:
+        print(f"authproxy demo: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 
@@ -99,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return devidp_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "check-config":
-        return check_config(args.config)
+        return check_config(args.config, args.strict)
     if args.command == "gen-secret":
         return gen_secret()
     if args.command == "serve":

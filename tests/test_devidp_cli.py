@@ -1,7 +1,8 @@
 """The fake's command line (`python -m authproxy.devidp`, wired as `authproxy devidp`).
 
 Starts the real program as a subprocess on a free loopback port, talks to it over HTTP, and stops it
-with SIGTERM; bad options are checked in-process. Supports the protocol's §9 conformance items 1
+with SIGTERM (or SIGINT, even when started in the background with SIGINT ignored); bad options and a
+busy port are checked in-process. Supports the protocol's §9 conformance items 1
 (the organization configured from options, a 64-character secret) and 19 (discovery served).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -131,13 +133,42 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         assert option in out
 
 
-def test_a_busy_port_exits_1() -> None:
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "so_reuseport"])
+def test_a_busy_port_exits_2_with_one_line(reuse_port: bool, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as busy:
+        # Not even a listener that allows sharing is joined.
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         argv = ["--listen", f"127.0.0.1:{port}", "--client-id", "x", "--client-secret", CLIENT_SECRET]
-        assert main(argv) == 1
+        assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"authproxy devidp: cannot listen on 127.0.0.1:{port}: address already in use"
+    ]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_started_in_the_background_it_stops_on_a_signal(signum: signal.Signals) -> None:
+    """As `authproxy devidp &` from a script: SIGINT starts out ignored, and still stops it."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "authproxy", "devidp", "--listen", f"127.0.0.1:{port}",
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        while b"listening on" not in await asyncio.wait_for(process.stderr.readline(), 30):
+            assert process.returncode is None
+        process.send_signal(signum)
+        assert await asyncio.wait_for(process.wait(), 5) == 0
+        with pytest.raises(ProcessLookupError):
+            os.killpg(process.pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
 
 def test_the_fake_imports_nothing_from_the_rest_of_authproxy() -> None:

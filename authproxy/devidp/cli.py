@@ -7,7 +7,10 @@ Options named in DESIGN §6: `--listen HOST:PORT`, `--client-id`, `--client-secr
 
 A generated client id or secret is printed once on stdout, since the relying party needs it; the
 access log shows method and path only, because query strings carry states and login-link tokens.
-Runs until SIGINT or SIGTERM. Exit status: 0 after a clean stop, 2 for bad options, 1 if it cannot listen.
+Runs until SIGINT or SIGTERM, through its own handlers, so that it also stops on SIGINT when started
+in the background (where SIGINT starts out ignored). The port is bound without SO_REUSEPORT: a busy one
+is a single line on stderr naming the address. Exit status: 0 after a clean stop, 2 for bad options or
+an address it cannot listen on.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Sequence
@@ -117,25 +122,44 @@ def _settings(args: argparse.Namespace) -> DevIdpSettings:
     )
 
 
+class _CannotListen(Exception):
+    """The address, and why it cannot be listened on, for one line on stderr."""
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reason(error: OSError) -> str:
+    # asyncio wraps the errno's text in a longer message; the errno alone says it best.
+    if isinstance(error, socket.gaierror) or not error.errno or error.errno < 0:
+        text = error.strerror or str(error)
+    else:
+        text = os.strerror(error.errno)
+    return text[:1].lower() + text[1:]
+
+
 async def _serve(settings: DevIdpSettings, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Installed before listening, so a signal during start-up is kept rather than lost or a traceback.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
     runner = web.AppRunner(make_app(settings), access_log_class=_PathOnlyAccessLogger)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        try:
+            # reuse_port stays off: with it, another process could share the port unnoticed.
+            await web.TCPSite(runner, host, port, reuse_port=False).start()
+        except OSError as exc:
+            raise _CannotListen(f"cannot listen on {_address(host, port)}: {_reason(exc)}") from exc
         for address in runner.addresses:
-            bound_host, bound_port = address[0], address[1]
-            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
             log.info(
-                "fake CentralAuth listening on http://%s:%s (client_id %s)",
-                shown,
-                bound_port,
+                "fake CentralAuth listening on http://%s (client_id %s)",
+                _address(address[0], address[1]),
                 settings.client_id,
             )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         log.info("fake CentralAuth stopping")
     finally:
@@ -169,9 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, port = args.listen
     try:
         asyncio.run(_serve(settings, host, port))
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", host, port, exc)
-        return 1
-    except KeyboardInterrupt:
+    except _CannotListen as exc:
+        print(f"authproxy devidp: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:  # only before its own SIGINT handler is installed
         pass
     return 0
