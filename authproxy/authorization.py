@@ -22,7 +22,8 @@ class Rules:
 
 def denial(user: User, rules: Rules) -> str | None:
     """The name of the first rule that refuses `user`, or None when the user is admitted."""
-    # Defence in depth (W15): a user of another organization has no business here, whatever the token says.
+    # Defence in depth, as the official library checks neither the user's organization nor `blocked`: a
+    # user of another organization has no business here, whatever the token says.
     if user.organization_id is not None and user.organization_id != rules.client_id:
         return "organization"
     if user.blocked and not rules.allow_blocked_users:

@@ -1,7 +1,8 @@
 """The session cookie's name and attributes, derived once from `[session]`, and how a request's is read.
 
 With `cookie_secure` and no `cookie_domain` the cookie gets the `__Host-` prefix: browsers then refuse
-it unless it is Secure, host-only and Path=/, so a sibling subdomain cannot plant or overwrite it (W12).
+it unless it is Secure, host-only and Path=/, so a sibling subdomain cannot plant or overwrite it (the
+official library's plain cookie is open to such cookie tossing).
 
 Without that prefix (a `cookie_domain`, or `cookie_secure = false`) a sibling subdomain can plant a
 cookie of the same name, and the browser then sends both, in an order the site does not control. So the

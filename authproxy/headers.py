@@ -15,7 +15,8 @@ from multidict import CIMultiDict
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still see in the wild.
+# The connection-specific headers of RFC 9110, section 7.6.1, plus the legacy ones proxies still see
+# in the wild.
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -112,7 +113,7 @@ def _remember(memo: dict[Any, Any], key: Any, value: Any, size: int) -> None:
 
 
 def combined(lines: Sequence[str]) -> str | None:
-    """All lines of a list header as one value, in order (RFC 9110 §5.3), or None when there is none.
+    """All lines of a list header as one value, in order (RFC 9110, section 5.3), or None when there is none.
 
     Reading only the first line would believe a client's forged `X-Forwarded-For` line whenever a
     front proxy adds its own line instead of appending to the client's (HAProxy's `option forwardfor`).
@@ -239,7 +240,7 @@ def is_identity_header(name: str, extra: frozenset[str] = frozenset()) -> bool:
 
 
 def connection_tokens(value: str) -> set[str]:
-    """Header names listed in a `Connection` header (RFC 9110 §7.6.1), lower-cased."""
+    """Header names listed in a `Connection` header (RFC 9110, section 7.6.1), lower-cased."""
     return {canonical_name(token) for token in value.split(",") if token.strip()}
 
 
@@ -313,7 +314,8 @@ class UpstreamHeaders:
                 continue
             out.add(name, value)
         if cookies:
-            # Several Cookie lines are one list (RFC 6265 §5.4 allows only one; HTTP/2 front ends split it).
+            # Several Cookie lines are one list (RFC 6265, section 5.4, allows only one; HTTP/2 front ends
+            # split it).
             joined = cookies[0] if len(cookies) == 1 else "; ".join(cookies)
             kept = strip_cookies(joined, self._own, self._own_prefix)
             if kept is None:

@@ -98,8 +98,8 @@ class Metrics:
         )
         self.logouts = Counter("authproxy_logouts", "Sign-outs, by outcome", ["outcome"], registry=r)
         # Labelled children, looked up once: `labels()` costs more than the increment itself. Filled on
-        # first use, so /metrics lists the same series as before. Keys come from small fixed sets
-        # (route classes, HTTP statuses, check sources).
+        # first use, so /metrics lists a series only once it has been observed. Keys come from small
+        # fixed sets (route classes, HTTP statuses, check sources).
         self._request_series: dict[tuple[str | None, int], tuple[Counter, Histogram]] = {}
         self._check_series: dict[str, Counter] = {}
 

@@ -1,8 +1,9 @@
 """The login transaction: state, PKCE verifier and return URL, sealed into a cookie named after its state.
 
 One cookie per pending login means several tabs can sign in at once without clobbering each other's
-verifier (the official library's single `code_verifier` cookie does, W2). The cookie's path is the proxy
-prefix, so it never rides along on application requests; it lives ten minutes and is used once.
+verifier, as they do with the official library's one `code_verifier` cookie for all logins. The
+cookie's path is the proxy prefix, so it never rides along on application requests; it lives ten
+minutes and is used once.
 
 Only names of the exact shape this module writes (the prefix and a 43-character state) are ever treated
 as pending logins. Anyone who can plant cookies for the host can plant others under the prefix, with

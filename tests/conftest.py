@@ -37,7 +37,7 @@ WILDCARD = "https://*.apps.example.com"
 CALLBACK = f"{APP}/api/auth/callback"
 BROWSER_IP = "203.0.113.9"
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-# The no-cache request headers the NPM library's HTTP cache layer adds to userinfo (protocol §3.4).
+# The no-cache request headers the NPM library's HTTP cache layer adds to userinfo calls.
 NPM_CACHE_HEADERS = {
     "Accept": "application/json, text/plain, */*",
     "Cache-Control": "no-cache, no-store, must-revalidate, max-age=0",

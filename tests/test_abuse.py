@@ -312,7 +312,7 @@ async def test_expect_100_continue_to_an_upstream_without_interim_answers(
     target: Target, logs: LogCheck
 ) -> None:
     """The proxy answers the client's expectation itself; the body must then reach an upstream that sends
-    no interim answer of its own (RFC 9110 §10.1.1 allows that), rather than both ends waiting."""
+    no interim answer of its own (RFC 9110, section 10.1.1, allows that), rather than both ends waiting."""
     interim, final = await expect_continue(target.port, "/public/upload", b"abc")
     assert interim.startswith(b"HTTP/1.1 100")
     assert status_of(final) == 200

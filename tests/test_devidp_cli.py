@@ -2,8 +2,8 @@
 
 Starts the real program as a subprocess on a free loopback port, talks to it over HTTP, and stops it
 with SIGTERM (or SIGINT, even when started in the background with SIGINT ignored); bad options and a
-busy port are checked in-process. Supports the protocol's §9 conformance items 1
-(the organization configured from options, a 64-character secret) and 19 (discovery served).
+busy port are checked in-process. Also checks the organization configured from options (with a
+64-character secret) and the discovery document served.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The fake's test-control API under `/_devidp/`.
 
-Covers the protocol's §9 conformance item 24 (users and settings changed at runtime, one session or all
-of a user's sessions revoked, the clock moved, recorded requests read back, faults forced: 429, 5xx,
-timeouts, dropped connections) with the names fixed by DESIGN §6, plus the documented extras.
+Covers users and settings changed at runtime, one session or all of a user's sessions revoked, the
+clock moved, recorded requests read back, and faults forced (429, 5xx, timeouts, dropped connections),
+under the names of the test-control API in README.md, which are part of the public contract.
 """
 
 from __future__ import annotations

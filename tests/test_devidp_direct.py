@@ -1,9 +1,9 @@
 """Logins that arrive without the relying party's PKCE binding: direct authentication and autologin.
 
-Covers the protocol's §9 conformance items 18 (`authenticate_direct`: Basic, JSON body, login-attempt
-object, the login link exposed to tests, a code with no PKCE binding), 22 (the fake's documented
-autologin model: one extra code per other non-wildcard whitelisted origin, same state, same session)
-and the no-challenge half of item 10 (the verifier, even `undefined`, is ignored).
+Covers `authenticate_direct` (Basic, JSON body, login-attempt object, the login link exposed to
+tests, a code with no PKCE binding); the fake's autologin model (one extra code per other non-wildcard
+whitelisted origin, same state, same session); and the exchange of a code issued without a challenge
+(the verifier, even `undefined`, is ignored).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Public metadata of the fake: the discovery document and the desktop client challenge.
 
-Covers the protocol's §9 conformance items 19 (`/.well-known/openid-configuration` as recommended in
-§3.7) and 20 (`/api/v1/client_challenge/{client_id}` answers a text nonce).
+Covers `/.well-known/openid-configuration` (a standard OpenID Connect discovery document) and
+`/api/v1/client_challenge/{client_id}` (a text nonce).
 """
 
 from __future__ import annotations

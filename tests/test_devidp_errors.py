@@ -1,7 +1,7 @@
 """The error contract of every endpoint, and hostile input.
 
-Covers the protocol's §9 conformance item 21: failures are `application/json` error objects
-`{"errorCode", "message"}` with codes only from the §3.10 enum, with the suggested statuses (400
+Covers the error contract: failures are `application/json` error objects `{"errorCode", "message"}`
+with codes only from CentralAuth's OpenAPI `errorCode` enum, with the fake's statuses (400
 validation/code/session, 403 `noPermission`, 404 unknown organization, 405 wrong method, 413 body too
 large, 429, 500), and no input ever produces a traceback or a raw 500.
 """
@@ -16,7 +16,7 @@ from conftest import APP, CALLBACK, DevIdp, basic
 from authproxy.devidp.app import MAX_BODY
 from authproxy.devidp.errors import ERROR_CODES
 
-# The 30 codes of the OpenAPI enum (protocol §3.10), spelled out so the test does not trust the code.
+# The 30 codes of CentralAuth's OpenAPI `errorCode` enum, spelled out so the test does not trust the code.
 DOCUMENTED_CODES = {
     "genericError", "noPermission", "tooManyRequests", "missingFields", "sessionMissing",
     "sessionNotVerified", "sessionExpired", "sessionInactive", "sessionInvalid", "domainInvalid",

@@ -1,8 +1,8 @@
 """Property tests: arbitrary bytes where the fake expects a token, a Basic header or a form never give a 5xx.
 
-Covers the robustness half of the protocol's §9 conformance item 21 (every failure is a proper error
-object): hypothesis throws random tokens, Authorization values and form bodies at the back channel and
-the answer is always a 4xx error object (or a 2xx), never a server error or a dropped connection.
+Covers the robustness of the error contract (every failure is a proper error object): hypothesis
+throws random tokens, Authorization values and form bodies at the back channel and the answer is
+always a 4xx error object (or a 2xx), never a server error or a dropped connection.
 """
 
 from __future__ import annotations

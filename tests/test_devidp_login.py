@@ -1,9 +1,9 @@
 """The fake's browser-facing login: `GET /login`, `POST /login`.
 
-Covers the protocol's §9 conformance items 3 (every §3.1 parameter accepted), 4 (validation and
-error codes, referrer check), 5 (browser IP / UA / device id recorded), 6 (login UI, auto-approve,
-callback with the redirect_uri's query preserved, errors with `error`/`error_description`/`state`),
-23 (affirmation) and 2 (users created on first login, or refused when sign-up is off).
+Covers every `/login` parameter accepted; validation and error codes, and the referrer check; the
+browser's IP, user agent and device id recorded; the login UI, auto-approve, the callback with the
+redirect_uri's query preserved, and errors with `error`/`error_description`/`state`; affirmation
+logins; and users created on first login, or refused when sign-up is off.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`POST /api/v1/logout`: session-wide logout on the back channel.
 
-Covers the protocol's §9 conformance item 17 (Basic credentials, raw token body, session ended,
-200 with an empty body, error JSON for undecryptable or unknown tokens) and the §6.8 consequence that
-every relying party sharing the session fails its next userinfo check.
+Covers Basic credentials, a raw token body, the session ended, 200 with an empty body and error JSON
+for undecryptable or unknown tokens; and, since the logout ends the CentralAuth session for every
+application that shares it (docs/centralauth.md), every relying party sharing the session failing its
+next userinfo check.
 """
 
 from __future__ import annotations

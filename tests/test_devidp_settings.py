@@ -1,8 +1,8 @@
 """The fake's organization model and origin rules.
 
-Covers the protocol's §9 conformance item 1 (organization settings with CentralAuth's names and
-semantics and the §9.1 defaults; 64-character secrets; whitelist with exact and wildcard origins,
-the empty whitelist admitting everything, `allowLocalhost` admitting `http://localhost:*`).
+Covers organization settings with CentralAuth's names and semantics and the fake's defaults;
+64-character secrets; the whitelist with exact and wildcard origins, the empty whitelist admitting
+everything, and `allowLocalhost` admitting `http://localhost:*`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from authproxy.devidp.origins import (
 from authproxy.devidp.settings import apply_changes, generate_secret
 
 
-def test_defaults_follow_the_conformance_checklist() -> None:
+def test_default_settings_of_a_new_organization() -> None:
     settings = DevIdpSettings()
     assert len(settings.client_secret) == 64
     assert settings.client_id

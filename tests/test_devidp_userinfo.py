@@ -1,9 +1,9 @@
 """`POST /api/v1/userinfo`: the per-request session check, and the full life of a session.
 
-Covers the protocol's §9 conformance items 2 (the User object's fields), 13 (Basic credentials;
-`domain` as origin or URL, whitelisted and activated), 14 (raw token body, any Content-Type, cache
-headers ignored, access or id token), 15 (check order; expiry and inactivity on the fake clock; hijack
-checks that kill the session) and 16 (success updates activity; `affirmationDate`).
+Covers the User object's fields; Basic credentials; `domain` as origin or URL, whitelisted and
+activated; a raw token body with any Content-Type, cache headers ignored, access or id token; the
+order of the checks, expiry and inactivity on the fake clock, and hijack checks that kill the session;
+and success updating the activity and `affirmationDate`.
 """
 
 from __future__ import annotations

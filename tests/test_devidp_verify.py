@@ -1,10 +1,10 @@
 """`POST /api/v1/verify` and the tokens it mints.
 
-Covers the protocol's §9 conformance items 7 (codes: random, single use, 120 s, bound to the
-callback), 8 (multipart, urlencoded and JSON bodies; Basic, body or no client authentication;
-`grant_type` ignored), 9 (`redirect_uri` compared without its query), 10 (PKCE with 36-128 character
-verifiers, `undefined` ignored without a challenge), 11 (the success body, session activated for the
-callback's origin) and 12 (compact JWE `dir` + A256CBC-HS512 keyed with the secret's UTF-8 bytes).
+Covers codes (random, single use, 120 s, bound to the callback); multipart, urlencoded and JSON
+bodies, with Basic, body or no client authentication, `grant_type` ignored; `redirect_uri` compared
+without its query; PKCE with 36-128 character verifiers, `undefined` ignored without a challenge; the
+success body, with the session activated for the callback's origin; and compact JWE `dir` +
+A256CBC-HS512 keyed with the secret's UTF-8 bytes.
 """
 
 from __future__ import annotations

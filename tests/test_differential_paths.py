@@ -316,8 +316,8 @@ def decoded(path: str) -> str:
 
 def expected_resource(upstream: str, path: str) -> str:
     """The resource `upstream` must route the canonical `path` to (judged on the decoded path, as they
-    all route). Servlet containers map `/admin/*` to `/admin` as well (Servlet spec §12.2); nginx's
-    `location /admin/` and aiohttp's `/admin/{tail}` need the slash."""
+    all route). Servlet containers map `/admin/*` to `/admin` as well (the Servlet specification,
+    section 12.2); nginx's `location /admin/` and aiohttp's `/admin/{tail}` need the slash."""
     plain = decoded(path)
     for name in ("public", "admin"):
         if plain.startswith(f"/{name}/") or (upstream in SERVLET_CONTAINERS and plain == f"/{name}"):

@@ -374,8 +374,8 @@ async def test_unsolicited_upstream_answer_never_reaches_the_next_request(
 async def test_interim_answers_from_the_upstream_are_not_the_answer(
     proxy_factory: ProxyFactory, logs: LogCheck, interim: bytes
 ) -> None:
-    """1xx answers precede the real one (RFC 9110 §15.2); taking one for the answer would desynchronize
-    the connection."""
+    """1xx answers precede the real one (RFC 9110, section 15.2); taking one for the answer would
+    desynchronize the connection."""
     final = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
     upstream = await RawServer(behaviour=send_raw(b"HTTP/1.1 " + interim + b"\r\n\r\n" + final)).start()
     try:

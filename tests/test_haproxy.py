@@ -5,7 +5,7 @@ client sent and adds its own line after them (`test_haproxy_adds_its_own_line_af
 that). A proxy that reads only the first line therefore believes a forged client line, and a stolen
 session cookie replayed with `X-Forwarded-For: <victim's IP>` would reach CentralAuth with the victim's
 IP as `auth-ip`, defeating its hijack protection. The rule under test: all lines of the list header are
-combined in order (RFC 9110 §5.3) and walked from the right through `server.trusted_proxies`.
+combined in order (RFC 9110, section 5.3) and walked from the right through `server.trusted_proxies`.
 
 Everything runs on loopback: HAProxy connects to authproxy from 127.0.0.1, the only trusted address
 (`trusted_proxies = ["127.0.0.1/32"]`), while the clients bind their sockets to 127.0.0.3 (the victim)

@@ -1,8 +1,9 @@
 """What the client's headers become on the way upstream: spoofed identity and hop-by-hop headers never
 cross, the proxy's own cookies are removed, and everything else passes through exactly as sent.
 
-The identity names below are written out from the design (§4) rather than imported, so a name dropped
-from `authproxy.headers.IDENTITY` fails these tests instead of silently shrinking them.
+The identity names below are written out from the README's list of stripped headers rather than
+imported, so a name dropped from `authproxy.headers.IDENTITY` fails these tests instead of silently
+shrinking them.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Command line of the fake CentralAuth: `authproxy devidp [options]` or `python -m authproxy.devidp`.
 
-Options named in DESIGN §6: `--listen HOST:PORT`, `--client-id`, `--client-secret`, `--whitelist ORIGIN`
+Core options: `--listen HOST:PORT`, `--client-id`, `--client-secret`, `--whitelist ORIGIN`
 (repeatable; none = allow all), `--max-session-time S`, `--max-inactivity-time S`,
 `--no-hijack-protection`, `--autologin`. Extras: `--auto-approve EMAIL`, `--trust-forwarded-for`,
 `--no-check-referrer`, `--no-user-creation`, `--no-allow-localhost`, `--code-ttl S`, `--public-url URL`.
+All of them are listed in README.md ("The fake CentralAuth"), so their names are part of the public
+contract.
 
 A generated client id or secret is printed once on stdout, since the relying party needs it; the
 access log shows method and path only, because query strings carry states and login-link tokens.

@@ -1,6 +1,7 @@
 """The test-control API under `/_devidp/`: not part of CentralAuth, only of the fake.
 
-Contract (DESIGN §6):
+Core calls (every call here is listed in README.md, "The fake CentralAuth", so their names are part of
+the public contract):
 
 - `POST /_devidp/users/{email}/logout` ends every session of the user → `{"ended": n}` (404 if unknown).
 - `PATCH /_devidp/users/{email}` `{"blocked": bool, "verified": bool}` (both optional) changes the

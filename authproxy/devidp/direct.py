@@ -1,4 +1,4 @@
-"""`POST /api/v1/authenticate_direct`: e-mail login without the hosted page (protocol §3.6, §9.18).
+"""`POST /api/v1/authenticate_direct`: e-mail login without the hosted page.
 
 Takes Basic credentials and a JSON body `{email, redirect_uri, state, translations?}` and answers the
 login-attempt object `{loginAttemptId, token, sentence, allowedDate}`. Instead of sending an e-mail

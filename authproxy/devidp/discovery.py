@@ -1,11 +1,11 @@
 """Public metadata endpoints: the OpenID discovery document and the desktop client challenge.
 
-The discovery document follows the protocol's §3.7 recommendation (its real contents are unknown).
+The discovery document is a standard OpenID Connect one, since the contents of CentralAuth's are unknown.
 It advertises the fake's own base URL, `public_url` when set, else the origin the request came to.
 There is no `jwks_uri`: tokens are encrypted with the client secret, not signed.
 
 `GET /api/v1/client_challenge/{client_id}` answers a fresh nonce as plain text, the first step of the
-desktop attestation (§3.8). The fake does not verify the resulting `client_assertion`.
+attestation CentralAuth offers desktop apps. The fake does not verify the resulting `client_assertion`.
 """
 
 from __future__ import annotations

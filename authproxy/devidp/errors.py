@@ -1,10 +1,10 @@
 """CentralAuth's error object and the middleware that guarantees every failure is one.
 
-Every API failure answers `{"errorCode": ..., "message": ...}` with a code from the protocol's §3.10
-enum, because relying parties branch on `errorCode`. Statuses follow the protocol's §9.21 suggestion:
-400 for validation, code and session errors, 403 `noPermission` for bad client credentials, 404
-`organizationIdMissing` for an unknown client id, 405 for a wrong method, 413 `genericError` for a body
-over the size limit, 429 `tooManyRequests`, 500 `genericError`. Anything unexpected is logged and
+Every API failure answers `{"errorCode": ..., "message": ...}` with a code from CentralAuth's
+OpenAPI `errorCode` enum, because relying parties branch on `errorCode`. Statuses: 400 for validation,
+code and session errors, 403 `noPermission` for bad client credentials, 404 `organizationIdMissing`
+for an unknown client id, 405 for a wrong method, 413 `genericError` for a body over the size limit,
+429 `tooManyRequests`, 500 `genericError`. Anything unexpected is logged and
 answered 500 `genericError`; no traceback ever reaches a client.
 """
 

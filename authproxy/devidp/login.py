@@ -4,7 +4,7 @@ The form posts back to the very same `/login?...` URL, and the submission re-val
 exactly as the GET did, so nothing about the flow is carried in hidden fields. A submitted e-mail
 logs the user in (creating the user when `enableUserCreation` is on) and redirects to the callback.
 An affirmation login may name another account than the pre-filled one: telling the two apart is the
-relying party's job (protocol §6.9), so the fake does not hide that case from it.
+relying party's job, not CentralAuth's, so the fake does not hide that case from it.
 With `auto_approve_email` set, a valid GET completes at once as that user.
 
 `/login/link/{id}?token=...` is the fake's stand-in for the e-mail link of a direct-authentication

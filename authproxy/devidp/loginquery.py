@@ -1,4 +1,4 @@
-"""Validation of the `/login` query (protocol §3.1, §9.3-4), shared by the form and its submission.
+"""Validation of the `/login` query (docs/centralauth.md, step 1), shared by the form and its submission.
 
 Errors come in two kinds. When the client or the callback cannot be trusted (unknown `client_id`,
 missing, malformed or non-whitelisted `redirect_uri`, unknown `app_id`), redirecting would be an open

@@ -44,7 +44,7 @@ class User:
     last_login: float | None = None
 
     def to_json(self, affirmation_date: float | None = None) -> dict[str, object]:
-        """The User object of protocol §5; `affirmationDate` is the session's, when one is given."""
+        """The User object of a userinfo answer; `affirmationDate` is the session's, when one is given."""
         body: dict[str, object] = {
             "id": self.id,
             "email": self.email,

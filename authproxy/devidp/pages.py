@@ -28,7 +28,8 @@ _STYLE = (
     ".fake{background:#fff4d6;border:1px solid #e8c55a;color:#5c4400;border-radius:.25rem;"
     "padding:.5rem .75rem;font-size:.9rem;margin:0 0 1rem}"
 )
-# Posts the page height to the embedding window, as CentralAuth's embedded login does (protocol §6.7.4).
+# Posts the page height to the embedding window, as CentralAuth's embedded login does, so the embedding
+# page can size its iframe.
 _EMBED_SCRIPT = (
     "<script>function h(){parent.postMessage(document.documentElement.scrollHeight,'*')}"
     "addEventListener('load',h);addEventListener('resize',h)</script>"

@@ -1,10 +1,10 @@
-"""`POST /api/v1/userinfo` and `POST /api/v1/logout`: the calls that carry a token (protocol §3.4-3.5).
+"""`POST /api/v1/userinfo` and `POST /api/v1/logout`: the calls that carry a token (docs/centralauth.md).
 
 Both take Basic client credentials and the raw access or id token as the body, with any or no
 Content-Type (surrounding whitespace is stripped, cache headers are ignored). An empty, undecodable,
 foreign or garbled token is `tokenInvalid`.
 
-Userinfo checks, in order (protocol §9.15): token → session exists (`sessionMissing`) → still active
+Userinfo checks, in order: token → session exists (`sessionMissing`) → still active
 (`sessionInactive`) → max session time and inactivity on the fake clock (`sessionExpired`) → hijack
 checks for each enabled sub-option, comparing `auth-ip` (first entry of a comma-separated list),
 `user-agent` and `device-id` with the login's values; a mismatch ends the session for good

@@ -1,8 +1,8 @@
-"""The fake's organization: CentralAuth's organization model (protocol §1) plus a few fake-only knobs.
+"""The fake's organization: CentralAuth's organization settings plus a few fake-only knobs.
 
 Field names are the snake_case forms of CentralAuth's settings (`maxSessionTime` → `max_session_time`),
 with the same meaning: 0 disables a time limit, an empty whitelist admits every origin. The defaults
-are the fake's choice for new organizations (protocol §9.1), since CentralAuth's own are unknown.
+are the fake's choice for new organizations, since CentralAuth's own are unknown.
 
 `apply_changes` applies a runtime change given with CentralAuth's camelCase names, as the control API's
 `PATCH /_devidp/settings` receives it; every change builds a new, re-validated settings object.

@@ -1,9 +1,9 @@
 """Access and id tokens: compact JWE, `dir` + `A256CBC-HS512`, keyed with the client secret's UTF-8 bytes.
 
-This is the format the official library decrypts with jose's `jwtDecrypt(token, utf8(secret))`
-(protocol §4.2). joserfc serialises the protected header compactly with `alg` first, exactly
-`{"alg":"dir","enc":"A256CBC-HS512"}`, the bytes jose itself would emit. The payload is written with
-compact separators for the same reason.
+This is the format the official library decrypts with jose's `jwtDecrypt(token, utf8(secret))`, and
+the `access_token` of docs/centralauth.md. joserfc serialises the protected header compactly with
+`alg` first, exactly `{"alg":"dir","enc":"A256CBC-HS512"}`, the bytes jose itself would emit. The
+payload is written with compact separators for the same reason.
 """
 
 from __future__ import annotations

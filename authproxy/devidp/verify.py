@@ -1,4 +1,4 @@
-"""`POST /api/v1/verify`: exchanging an authorization code for tokens (protocol §3.3, §9.7-12).
+"""`POST /api/v1/verify`: exchanging an authorization code for tokens (docs/centralauth.md, step 4).
 
 Accepts exactly what the official clients send: multipart (NPM) and urlencoded (docs, league, Rust)
 bodies, optionally JSON; Basic or body client credentials, or none for codes issued to a native app;

@@ -1,9 +1,10 @@
 """The CentralAuth back channel: code exchange (verify), session check (userinfo) and logout.
 
-Wire format follows the protocol spec (§3.3 to §3.5) with the hardened choices of §8: urlencoded verify with
-Basic auth, raw `text/plain` token bodies, the end user's IP and user agent on every userinfo call, and
-strict classification of answers (W7): a JSON 4xx is a definite "no"; timeouts, connection errors, 429,
-5xx and anything unparseable are outages, never a logout.
+The calls are those of docs/centralauth.md, made the safe way: urlencoded verify with Basic auth, raw
+`text/plain` token bodies, the end user's IP and user agent on every userinfo call, and strict
+classification of answers, because the official library deletes the cookie on any userinfo error,
+timeouts included, so outages log users out. Here a JSON 4xx is a definite "no"; timeouts, connection
+errors, 429, 5xx and anything unparseable are outages, never a logout.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ from authproxy.transaction import TTL, LoginTransaction
 log = structlog.get_logger("authproxy.login")
 
 MAX_RETURN_URL = 2048
-# Sent with the redirect to CentralAuth so its checkReferrer sees our origin, and nothing more (§6.7).
+# Sent with the redirect to CentralAuth so its checkReferrer sees our origin, and nothing more (see
+# docs/centralauth.md).
 REFERRER_POLICY = {"Referrer-Policy": "strict-origin-when-cross-origin"}
 
 
@@ -109,7 +110,8 @@ async def callback(request: web.Request) -> web.Response:
 async def _complete_login(request: web.Request, runtime: Runtime, state: str | None) -> web.Response:
     query = request.query
     if "error" in query:
-        # CentralAuth's error_description is attacker-controllable (W11): only the code is kept, for logs.
+        # CentralAuth's error_description is attacker-controllable text, never shown: only the code is
+        # kept, for logs.
         raise LoginRejected(query.get("error", "")[:64])
     now = runtime.clock()
     transaction = runtime.transactions.open(state, request.cookies, now)
