@@ -25,7 +25,7 @@ from authproxy.h1 import Pool
 from authproxy.headers import ClientIPs, UpstreamHeaders, self_test
 from authproxy.metrics import Metrics, multiprocess_mode
 from authproxy.pages import Branding
-from authproxy.paths import RouteRules
+from authproxy.paths import CanonicalTargets, RouteRules
 from authproxy.provider.checker import Fetch, SessionChecker
 from authproxy.provider.client import CentralAuthClient
 from authproxy.provider.user import User
@@ -89,6 +89,7 @@ def build_runtime(
             allow_blocked_users=config.authorization.allow_blocked_users,
         ),
         routes=RouteRules.from_config(config.routes.skip_auth, config.routes.api),
+        targets=CanonicalTargets(config.routes.keep_path_parameters),
         router=Router([_upstream(table) for table in config.upstreams]),
         metrics=Metrics(),
         branding=Branding(config.branding.title, config.branding.logo_url, config.branding.footer),

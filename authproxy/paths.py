@@ -9,11 +9,11 @@ Canonicalization (each step is what some upstream does before routing, so doing 
 upstream nothing to reinterpret):
 
 - percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, the others are kept
-  with upper-case hex (RFC 3986 §6.2.2), and the printable characters a path may not hold raw
+  with upper-case hex (RFC 3986, section 6.2.2), and the printable characters a path may not hold raw
   (`" < > [ ] ^ ` { | }`) are encoded;
 - `;parameters` are removed from every segment: servlet containers (Tomcat, Jetty) route on the path
   without them, so `/admin/x;.css` is `/admin/x` to them, whatever a regex on the raw path thinks;
-- dot segments are resolved, percent-encoded ones too (RFC 3986 §5.2.4), and empty segments merged.
+- dot segments are resolved, percent-encoded ones too (RFC 3986, section 5.2.4), and empty segments merged.
 
 What cannot be judged unambiguously is refused with `AmbiguousTarget` (a 400), because some upstream
 would read it differently from the rules:
@@ -153,6 +153,33 @@ def canonical_target(raw_target: str, *, keep_parameters: bool = False) -> Targe
     else:
         wire = path
     return Target(path, wire, query)
+
+
+class CanonicalTargets:
+    """`canonical_target` remembered per raw target: browsers ask for the same few paths over and over,
+    and the answer is a function of the raw target alone, so remembering it is exact. Refusals are
+    remembered too. The memory is bounded (oldest first) and only short targets are kept."""
+
+    def __init__(self, keep_parameters: bool = False, size: int = 4096, longest: int = 512) -> None:
+        self._keep = keep_parameters
+        self._size = size
+        self._longest = longest
+        self._memo: dict[str, Target | AmbiguousTarget] = {}
+
+    def __call__(self, raw_target: str) -> Target:
+        found = self._memo.get(raw_target)
+        if found is None:
+            try:
+                found = canonical_target(raw_target, keep_parameters=self._keep)
+            except AmbiguousTarget as exc:
+                found = exc
+            if len(raw_target) <= self._longest:
+                if len(self._memo) >= self._size:
+                    del self._memo[next(iter(self._memo))]  # insertion order: the oldest entry
+                self._memo[raw_target] = found
+        if isinstance(found, AmbiguousTarget):
+            raise AmbiguousTarget(found.reason)
+        return found
 
 
 def canonical_path(raw_target: str) -> str:

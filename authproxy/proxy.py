@@ -187,7 +187,7 @@ def _escaped(value: str) -> bool:
 
 
 async def _relay(request: web.Request, upstream: h1.Response, send_timeout: float) -> web.StreamResponse:
-    exact = any(_escaped(name) or _escaped(value) for name, value in upstream.headers)
+    exact = upstream.non_ascii and any(_escaped(name) or _escaped(value) for name, value in upstream.headers)
     kind = _ExactHeadResponse if exact else _CoalescedResponse if upstream.body_ready else web.StreamResponse
     response = kind(status=upstream.status, reason=upstream.reason)
     if exact and upstream.body_ready:
@@ -207,40 +207,49 @@ async def _relay(request: web.Request, upstream: h1.Response, send_timeout: floa
     elif no_body and upstream.content_length is not None:
         # HEAD keeps the length the GET would have; aiohttp sends no body for it.
         response.headers["Content-Length"] = str(upstream.content_length)
+    # The send timeout counts only while the answer waits for the client: a client that stops reading
+    # cannot hold the upstream connection (and its pool slot) longer than that. A stalled write is cut
+    # by aborting the client's transport, which makes the pending write raise. Waiting for the upstream
+    # is bounded by the read timeout inside the client instead, so the guard is off while reading.
+    # A body already in hand is read without waiting, so one guard covers all of it.
     loop = asyncio.get_running_loop()
+    guard = loop.call_later(send_timeout, _stalled, request)
+    streamed = not upstream.body_ready
     try:
-        # The send timeout counts only while a write waits for the client: a client that stops reading
-        # cannot hold the upstream connection (and its pool slot) longer than that. Waiting for the
-        # upstream is bounded by the read timeout inside the client instead.
-        # A body already in hand is read without waiting, so one deadline covers all of it.
-        streamed = not upstream.body_ready
-        async with asyncio.timeout_at(loop.time() + send_timeout) as sending:
-            await response.prepare(request)
-            if not no_body:
-                while True:
-                    if streamed:
-                        sending.reschedule(None)
-                    chunk = await upstream.read()
-                    if not chunk:
-                        break
-                    if streamed:
-                        sending.reschedule(loop.time() + send_timeout)
-                    await response.write(chunk)
+        await response.prepare(request)
+        if not no_body:
+            while True:
                 if streamed:
-                    sending.reschedule(loop.time() + send_timeout)
-            await response.write_eof()
+                    guard.cancel()
+                chunk = await upstream.read()
+                if not chunk:
+                    break
+                if streamed:
+                    guard = loop.call_later(send_timeout, _stalled, request)
+                await response.write(chunk)
+            if streamed:
+                guard = loop.call_later(send_timeout, _stalled, request)
+        await response.write_eof()
     except TimeoutError:
-        # Headers are gone already; all that is left is to cut the connection so the client sees it.
-        log.warning("upstream.relay_timeout", path=request.path)
+        # The upstream went silent mid-body; the headers are gone already, so all that is left is to
+        # cut the connection so the client sees it.
+        log.warning("upstream.read_timeout", path=request.path)
         _abort(request)
     except (ConnectionError, asyncio.CancelledError) as exc:
-        # The client went away, or the upstream did mid-body (a reset, a body shorter than its
-        # framing): the upstream connection is closed on release, and the client's is cut so that it
-        # sees a short body, never one passed off as complete; nothing to log.
+        # The client went away (or stalled past the send timeout), or the upstream did mid-body (a
+        # reset, a body shorter than its framing): the upstream connection is closed on release, and
+        # the client's is cut so that it sees a short body, never one passed off as complete.
         if isinstance(exc, asyncio.CancelledError):
             raise
         _abort(request)
+    finally:
+        guard.cancel()
     return response
+
+
+def _stalled(request: web.Request) -> None:
+    log.warning("client.send_timeout", path=request.path)
+    _abort(request)
 
 
 def _abort(request: web.Request) -> None:

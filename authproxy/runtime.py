@@ -20,7 +20,7 @@ from authproxy.h1 import Pool
 from authproxy.headers import ClientIPs, IPNetwork, UpstreamHeaders
 from authproxy.metrics import Metrics
 from authproxy.pages import Branding
-from authproxy.paths import RouteRules
+from authproxy.paths import CanonicalTargets, RouteRules
 from authproxy.provider.checker import Fetch, SessionChecker
 from authproxy.provider.client import CentralAuthClient
 from authproxy.proxy import Router
@@ -63,6 +63,7 @@ class Runtime:
     redirects: RedirectPolicy
     rules: Rules
     routes: RouteRules
+    targets: CanonicalTargets
     router: Router
     branding: Branding
     metrics: Metrics

@@ -14,7 +14,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from authproxy.paths import AmbiguousTarget, RouteRules, Target, canonical_target, split_absolute
+from authproxy.paths import (
+    AmbiguousTarget,
+    CanonicalTargets,
+    RouteRules,
+    Target,
+    canonical_target,
+    split_absolute,
+)
 
 PROPERTY = settings(max_examples=500, deadline=None)
 UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
@@ -425,3 +432,21 @@ def test_the_upstream_gets_the_judged_path(raw: str) -> None:
         return
     assert target.wire == target.path
     assert canonical_target(target.wire).path == target.path
+
+
+def test_remembered_targets_answer_as_the_function_does() -> None:
+    remember = CanonicalTargets(size=4, longest=64)
+    for raw in ["/a/../b", "/public/..;/admin", "/x;y/z", "/a/../b", "/public/..;/admin", "/" + "a" * 100]:
+        for _ in range(2):  # the second time from the memory (except the over-long one)
+            try:
+                expected: Target | str = canonical_target(raw)
+            except AmbiguousTarget as exc:
+                expected = exc.reason
+            try:
+                got: Target | str = remember(raw)
+            except AmbiguousTarget as exc:
+                got = exc.reason
+            assert got == expected
+    assert len(remember._memo) <= 4
+    kept = CanonicalTargets(keep_parameters=True)
+    assert kept("/x;y/z").wire == "/x;y/z"

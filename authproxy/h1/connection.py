@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 HIGH_WATER = 512 * 1024  # buffered body bytes at which reading from the upstream pauses
 LOW_WATER = 128 * 1024  # and resumes
 JOIN_LIMIT = 64 * 1024  # buffered pieces up to this much total are joined into one write
-# aiohttp's client limits, kept: an upstream answer beyond them was a 502 before and still is.
+# The same limits as aiohttp's client: an upstream answer beyond them is a 502.
 MAX_FIELD = 8190
 MAX_HEADERS = 128
 MAX_HEAD = MAX_FIELD * MAX_HEADERS  # one head, all of its lines
@@ -85,6 +85,8 @@ class Head(NamedTuple):  # a tuple: the cheapest record to make, once per respon
     reason: str
     headers: list[tuple[str, str]]
     content_length: int | None
+    # Some header byte is not ASCII: the caller must then look for bytes that are not UTF-8 either.
+    non_ascii: bool = False
 
 
 class ProtocolError(Exception):
@@ -109,6 +111,7 @@ class Connection(asyncio.Protocol):
         # The head being parsed: its reason, its fields, and where it ends.
         self._reason = b""
         self._headers: list[tuple[str, str]] = []
+        self._non_ascii = False
         self._head_ended = False
         self._interim = False
         self._tail = b""  # the last bytes of a head cut by a read boundary: its blank line may span it
@@ -150,6 +153,7 @@ class Connection(asyncio.Protocol):
         self._head_request = head_request
         self._head = None
         self._reason, self._headers, self._head_ended, self._interim = b"", [], False, False
+        self._non_ascii = False
         self._tail, self._head_size, self._overhead, self._ended = b"", 0, 0, False
         self._clean = self._answered = False
         self._error = None
@@ -479,6 +483,7 @@ class Connection(asyncio.Protocol):
             # An interim answer: the real one follows, on a parser of its own.
             self._parser = httptools.HttpResponseParser(self)
             self._reason, self._headers, self._head_ended, self._interim = b"", [], False, False
+            self._non_ascii = False
             if end == size:
                 return
             start = end
@@ -555,8 +560,10 @@ class Connection(asyncio.Protocol):
         headers = self._headers
         if len(name) + len(value) > MAX_FIELD or len(headers) >= MAX_HEADERS:
             raise ProtocolError("a response header is too long, or there are too many")
-        # As aiohttp's parser decodes them, so every byte passes through as it always did.
+        # Decoded as aiohttp's parser does (UTF-8, surrogateescape), so every byte passes through unchanged.
         headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+        if not (value.isascii() and name.isascii()):
+            self._non_ascii = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -592,7 +599,9 @@ class Connection(asyncio.Protocol):
                 chunked = True
             elif size == 10 and keep and name.lower() == "connection":
                 keep = "close" not in [token.strip(" \t").lower() for token in value.split(",")]
-        self._head = Head(status, self._reason.decode("utf-8", "surrogateescape"), headers, length)
+        self._head = Head(
+            status, self._reason.decode("utf-8", "surrogateescape"), headers, length, self._non_ascii
+        )
         if self._head_request or status == 204 or status == 304:
             self._next_phase = _DONE
             # Not reused: these are the answers whose framing upstreams most often get wrong (a body

@@ -15,7 +15,7 @@ idle connections to others, closes the oldest of those and opens its own.
 
 A pooled connection can still have been closed by the upstream a moment ago. When a request on a
 reused connection gets no byte of an answer before the connection ends, and it is idempotent and
-has no body to replay, it is sent once more on a fresh connection (RFC 9112 §9.3.1).
+has no body to replay, it is sent once more on a fresh connection (RFC 9112, section 9.3.1).
 
 TLS: one `ssl.SSLContext` per distinct set of settings (`Origin.tls_settings`), built on first use and
 kept: the system's trust store, or `ca_file` instead of it; no verification at all with
@@ -55,6 +55,7 @@ class Response:
         "_writer",
         "content_length",
         "headers",
+        "non_ascii",
         "reason",
         "status",
     )
@@ -70,6 +71,7 @@ class Response:
         self.reason = head.reason
         self.headers = head.headers
         self.content_length = head.content_length
+        self.non_ascii = head.non_ascii  # some header byte is not ASCII (perhaps not UTF-8 either)
 
     async def read(self) -> bytes:
         """The next piece of the body; b"" at its end, which is the end its framing gives.

@@ -37,7 +37,7 @@ from authproxy.errors import (
 )
 from authproxy.headers import combined, forwarded_value
 from authproxy.logs import fingerprint
-from authproxy.paths import AmbiguousTarget, Target, canonical_target, split_absolute
+from authproxy.paths import AmbiguousTarget, CanonicalTargets, Target, split_absolute
 from authproxy.provider.checker import SessionKnownDead
 from authproxy.provider.user import User
 from authproxy.proxy import Upstream, forward
@@ -71,7 +71,7 @@ _STREAM = web.RequestKey("authproxy_stream", _Stream)
 async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     # One canonical target decides everything below and is what the upstream receives.
-    target = request_target(request, runtime.config.routes.keep_path_parameters)
+    target = request_target(request, runtime.targets)
     path = target.path
     upstream = runtime.router.pick(path)
     if upstream is None:
@@ -113,7 +113,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             stream.stop(runtime)
 
 
-def request_target(request: web.Request, keep_parameters: bool = False) -> Target:
+def request_target(request: web.Request, canonical: CanonicalTargets) -> Target:
     """The canonical target of `request`; AmbiguousRequest (400) when it cannot be judged unambiguously.
 
     An absolute-form target (`GET http://host/path`) is judged by its path when its authority is the
@@ -126,7 +126,7 @@ def request_target(request: web.Request, keep_parameters: bool = False) -> Targe
             raise AmbiguousRequest("a request target that is neither a path nor an absolute URL of this host")
         raw = split[1]
     try:
-        return canonical_target(raw, keep_parameters=keep_parameters)
+        return canonical(raw)
     except AmbiguousTarget as exc:
         raise AmbiguousRequest(f"request target refused: {exc.reason}") from None
 
