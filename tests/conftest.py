@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 from support.echo import make_echo_app
 from support.harness import Browser, Proxy, start_proxy
+from support.kernel import KernelState, make_kernel_app
 from yarl import URL
 
 from authproxy.devidp import DevIdpSettings, make_app
@@ -324,6 +325,14 @@ async def proxy_factory(devidp: DevIdp, echo_url: str) -> AsyncIterator[ProxyFac
 @pytest.fixture
 async def proxy(proxy_factory: ProxyFactory) -> Proxy:
     return await proxy_factory()
+
+
+@pytest.fixture
+async def kernel(aiohttp_server: Any) -> tuple[KernelState, str]:
+    """A JupyterLab-like upstream (support/kernel.py): its state, and its URL."""
+    state = KernelState()
+    server = await aiohttp_server(make_kernel_app(state))
+    return state, str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture

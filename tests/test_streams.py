@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import DevIdp, ProxyFactory
 from support.harness import Browser, Proxy
-from support.kernel import KernelState, make_kernel_app
+from support.kernel import KernelState
 
 from authproxy.runtime import RUNTIME
 
@@ -25,20 +24,6 @@ EMAIL = "ada@example.com"
 TTL = 1.0
 WITHIN = 1.25 * TTL + 1.0
 EVENTS = {"Accept": "text/event-stream"}
-
-
-@pytest.fixture
-async def kernel(aiohttp_server: Any) -> tuple[KernelState, str]:
-    state = KernelState()
-    server = await aiohttp_server(make_kernel_app(state))
-    return state, str(server.make_url("")).rstrip("/")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    client = Browser()
-    yield client
-    await client.close()
 
 
 async def streaming_proxy(

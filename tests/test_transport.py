@@ -101,18 +101,24 @@ async def test_bytes_beyond_the_framing_condemn_the_connection(
         await upstream.stop()
 
 
+def answering(data: bytes) -> object:
+    """An upstream behaviour: answer every request with exactly `data`, keeping the connection."""
+
+    async def behaviour(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(data)
+        await writer.drain()
+        return True
+
+    return behaviour
+
+
 async def test_trailers_never_become_headers(proxy_factory: ProxyFactory) -> None:
     answer = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Set-Cookie\r\n\r\n"
         b"2\r\nok\r\n0\r\nSet-Cookie: session=attacker\r\nX-Trailer: t\r\n\r\n"
     )
 
-    async def behaviour(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
-        writer.write(answer)
-        await writer.drain()
-        return True
-
-    upstream = await RawServer(behaviour=behaviour).start()
+    upstream = await RawServer(behaviour=answering(answer)).start()  # type: ignore[arg-type]
     try:
         proxy = await proxy_factory(routes=PUBLIC, upstreams=[{"url": upstream.url, "timeout": 2}])
         raw = await exchange(int(proxy.url.rsplit(":", 1)[1]), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", wait=0.5)
@@ -129,12 +135,7 @@ async def test_every_connection_header_line_is_honoured(proxy_factory: ProxyFact
         b"X-Kept: 1\r\nContent-Length: 2\r\n\r\nok"
     )
 
-    async def behaviour(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
-        writer.write(answer)
-        await writer.drain()
-        return True
-
-    upstream = await RawServer(behaviour=behaviour).start()
+    upstream = await RawServer(behaviour=answering(answer)).start()  # type: ignore[arg-type]
     try:
         proxy = await proxy_factory(routes=PUBLIC, upstreams=[{"url": upstream.url, "timeout": 2}])
         async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/") as response:

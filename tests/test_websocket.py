@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from conftest import DevIdp, ProxyFactory
 from support.harness import BROWSER_UA, Browser, Proxy
-from support.kernel import KernelState, make_kernel_app
+from support.kernel import KernelState
 from support.rawws import (
     BINARY,
     CLOSE,
@@ -46,20 +44,6 @@ HANDSHAKE = {
 }
 EMAIL = "ada@example.com"
 MiB = 1 << 20
-
-
-@pytest.fixture
-async def kernel(aiohttp_server: Any) -> tuple[KernelState, str]:
-    state = KernelState()
-    server = await aiohttp_server(make_kernel_app(state))
-    return state, str(server.make_url("")).rstrip("/")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    client = Browser()
-    yield client
-    await client.close()
 
 
 def ws_url(proxy: Proxy, path: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 from aiohttp import WSMsgType
 from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ProxyFactory
 from support.harness import BROWSER_UA, Browser, Proxy, start_proxy
-from support.kernel import KernelState, make_kernel_app
+from support.kernel import KernelState
 from support.redis_server import RedisServer
 
 from authproxy.app import reload
@@ -34,20 +34,6 @@ TTL = 1.0
 # The re-check finds an end within 1.25 TTL; the rest is room for a loaded test machine.
 WITHIN = 1.25 * TTL + 1.0
 CHANNEL = "/api/kernels/k1/channels"
-
-
-@pytest.fixture
-async def kernel(aiohttp_server: Any) -> tuple[KernelState, str]:
-    state = KernelState()
-    server = await aiohttp_server(make_kernel_app(state))
-    return state, str(server.make_url("")).rstrip("/")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    client = Browser()
-    yield client
-    await client.close()
 
 
 async def jupyter(proxy_factory: ProxyFactory, kernel: tuple[KernelState, str], **overrides: Any) -> Proxy:
