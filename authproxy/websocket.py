@@ -30,6 +30,7 @@ from yarl import URL
 
 from authproxy.config import UpstreamConfig
 from authproxy.errors import AuthproxyError, UpstreamTimeout, UpstreamUnavailable
+from authproxy.h1.pool import make_tls_context
 from authproxy.headers import HOP_BY_HOP, connection_tokens
 from authproxy.watch import Connection
 
@@ -152,13 +153,7 @@ class Clients:
             return True
         context = self._tls.get(key)
         if context is None:
-            context = ssl.create_default_context(cafile=upstream.ca_file or None)
-            if not upstream.verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            if upstream.client_cert_file:
-                context.load_cert_chain(upstream.client_cert_file, upstream.client_key_file)
-            self._tls[key] = context
+            context = self._tls[key] = make_tls_context(*key)
         return context
 
     async def close(self) -> None:

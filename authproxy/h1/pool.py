@@ -319,16 +319,17 @@ class Pool:
         context = self._tls.get(settings)
         if context is None:
             try:
-                context = _make_tls_context(*settings)
+                context = make_tls_context(*settings)
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise UpstreamError("tls", f"the TLS settings cannot be used: {exc}", answered=False) from exc
             self._tls[settings] = context
         return context
 
 
-def _make_tls_context(
+def make_tls_context(
     ca_file: str, verify: bool, client_cert_file: str, client_key_file: str
 ) -> ssl.SSLContext:
+    """The client context for one set of upstream TLS settings (also used for websocket upstreams)."""
     if not verify:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
