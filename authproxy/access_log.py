@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from authproxy.headers import combined
-from authproxy.routes.common import REQUEST_ID
+from authproxy.routes.common import CLIENT_IP, REQUEST_ID
 from authproxy.runtime import RUNTIME
 
 # Printable ASCII without quote or backslash: JSON-encodes as itself between quotes.
@@ -104,9 +104,11 @@ class AccessLogger(AbstractAccessLogger):
         logging = runtime.config.logging
         if not logging.access_log:
             return
-        client = runtime.client_ips.client(
-            request.remote, combined(request.headers.getall("X-Forwarded-For", ()))
-        )
+        client = request.get(CLIENT_IP)
+        if client is None:  # a request that never reached the middleware
+            client = runtime.client_ips.client(
+                request.remote, combined(request.headers.getall("X-Forwarded-For", ()))
+            )
         duration_ms = round(time_taken * 1000, 3)
         request_id = request.get(REQUEST_ID, "")
         if logging.format == "json":

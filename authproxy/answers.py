@@ -36,8 +36,9 @@ def install(app: web.Application) -> None:
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    # The forwarder streams (a StreamResponse, or a WebSocketResponse for an upgrade); everything the
-    # proxy writes itself is a complete web.Response, aiohttp's HTTPExceptions included.
+    # Forwarded answers skip this hook (`authproxy.proxy._Forwarded`); what is left of the catch-all
+    # route's streamed answers is the WebSocketResponse of an upgrade. Everything the proxy writes
+    # itself is a complete web.Response, aiohttp's HTTPExceptions included.
     if not isinstance(response, web.Response) and request.match_info.route.name == PROXY_ROUTE:
         # aiohttp fills in its default just before this hook with `setdefault(SERVER, SERVER_SOFTWARE)`.
         # An upstream's own header is a string decoded from its answer, never that very object, so

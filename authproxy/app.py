@@ -128,8 +128,6 @@ def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.App
     app = web.Application(middlewares=[request_context])
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_client_sessions)
-    # Event streams are watched like websockets once their answer says what it is.
-    app.on_response_prepare.append(proxy.watch_event_stream)
     app.on_shutdown.append(_end_connections)
     app.cleanup_ctx.append(_metrics_listener)
     app.on_cleanup.append(_flush_access_log)
@@ -297,6 +295,7 @@ def _counted(client: CentralAuthClient, metrics: Metrics) -> Fetch:
 
 async def _flush_access_log(app: web.Application) -> None:
     access_log.flush()
+    app[RUNTIME].metrics.flush()  # the last figures, before the process (and its metrics file) goes
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:

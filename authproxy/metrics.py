@@ -4,13 +4,22 @@ Request counts and latency are recorded by the access logger (aiohttp calls it o
 anyway), so the hot path pays for no extra middleware; in-flight requests are counted by the request
 middleware. Label values come from small fixed sets (route names, outcomes), never from user input.
 
+The per-request series (request counts and latencies, upstream latency, session checks, requests in
+flight) are kept in plain numbers and handed to prometheus-client in one batch, before every scrape and
+at most a second after an observation. prometheus-client takes a lock for every increment (and, with
+several workers, writes a memory-mapped file), which costs more than the rest of a cache-hit request's
+bookkeeping together.
+
 With several workers, prometheus-client's multiprocess mode is used: each worker writes its values to
-files in `PROMETHEUS_MULTIPROC_DIR`, and the supervisor alone serves the sum of all of them.
+files in `PROMETHEUS_MULTIPROC_DIR`, and the supervisor alone serves the sum of all of them. The
+supervisor's figures therefore trail the workers' by up to one second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
 from collections.abc import Callable
 
 from aiohttp import web
@@ -18,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+FLUSH_INTERVAL = 1.0  # seconds an observation may wait before prometheus-client sees it
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ROUTE_CLASSES = {
     "login": "auth",
@@ -100,39 +110,135 @@ class Metrics:
         # Labelled children, looked up once: `labels()` costs more than the increment itself. Filled on
         # first use, so /metrics lists a series only once it has been observed. Keys come from small
         # fixed sets (route classes, HTTP statuses, check sources).
-        self._request_series: dict[tuple[str | None, int], tuple[Counter, Histogram]] = {}
+        self._request_series: dict[tuple[str | None, int], Counter] = {}
+        self._latency_series: dict[str | None, Histogram] = {}
         self._check_series: dict[str, Counter] = {}
+        # What the hot path observed since the last flush.
+        self._requests: dict[tuple[str | None, int], int] = {}
+        self._latencies: dict[str | None, _Pending] = {}
+        self._upstream = _Pending()
+        self._checks: dict[str, int] = {}
+        self._in_flight = 0
+        # A flush is scheduled (or a loop that stopped before running it left this set: the next scrape,
+        # or the application's cleanup, flushes and clears it).
+        self._flush_due = False
+        if not multiprocess_mode():
+            self.in_flight.set_function(lambda: float(self._in_flight))
 
     def track_cache_size(self, size: Callable[[], int]) -> None:
         if multiprocess_mode():
-            self._cache_size = size  # function gauges do not cross processes; refreshed per request
+            self._cache_size = size  # function gauges do not cross processes; refreshed per flush
         else:
             self.cache_entries.set_function(lambda: float(size()))
 
+    def request_started(self) -> None:
+        self._in_flight += 1
+
+    def request_finished(self) -> None:
+        self._in_flight -= 1
+
     def observe_request(self, route_name: str | None, status: int, seconds: float) -> None:
-        series = self._request_series.get((route_name, status))
-        if series is None:
-            route = ROUTE_CLASSES.get(route_name or "", "other")
-            series = (self.requests.labels(route, str(status)), self.latency.labels(route))
-            self._request_series[(route_name, status)] = series
-        series[0].inc()
-        series[1].observe(seconds)
-        if self._cache_size is not None:
-            self.cache_entries.set(self._cache_size())
+        key = (route_name, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        pending = self._latencies.get(route_name)
+        if pending is None:
+            pending = self._latencies[route_name] = _Pending()
+        pending.add(seconds)
+        if not self._flush_due:
+            self._schedule()
+
+    def observe_upstream(self, seconds: float) -> None:
+        self._upstream.add(seconds)
 
     def count_session_check(self, source: str) -> None:
-        counter = self._check_series.get(source)
-        if counter is None:
-            counter = self._check_series[source] = self.session_checks.labels(source)
-        counter.inc()
+        self._checks[source] = self._checks.get(source, 0) + 1
+        if not self._flush_due:
+            self._schedule()
+
+    def flush(self) -> None:
+        """Hand every pending observation to prometheus-client."""
+        self._flush_due = False
+        requests, self._requests = self._requests, {}
+        latencies, self._latencies = self._latencies, {}
+        checks, self._checks = self._checks, {}
+        for (route_name, status), count in requests.items():
+            counter = self._request_series.get((route_name, status))
+            if counter is None:
+                route = ROUTE_CLASSES.get(route_name or "", "other")
+                counter = self.requests.labels(route, str(status))
+                self._request_series[(route_name, status)] = counter
+            counter.inc(count)
+        for route_name, pending in latencies.items():
+            histogram = self._latency_series.get(route_name)
+            if histogram is None:
+                route = ROUTE_CLASSES.get(route_name or "", "other")
+                histogram = self._latency_series[route_name] = self.latency.labels(route)
+            pending.into(histogram)
+        self._upstream.into(self.upstream_latency)
+        for source, count in checks.items():
+            counter = self._check_series.get(source)
+            if counter is None:
+                counter = self._check_series[source] = self.session_checks.labels(source)
+            counter.inc(count)
+        if multiprocess_mode():
+            self.in_flight.set(self._in_flight)
+            if self._cache_size is not None:
+                self.cache_entries.set(self._cache_size())
+
+    def _schedule(self) -> None:
+        if self._flush_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_due = True
+        loop.call_later(FLUSH_INTERVAL, self.flush)
 
     def app(self) -> web.Application:
         """The application served on `metrics_listen`."""
 
         async def scrape(request: web.Request) -> web.Response:
+            self.flush()
             body = generate_latest(self.registry)
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         app = web.Application()
         app.router.add_get("/metrics", scrape)
         return app
+
+
+class _Pending:
+    """Observations of one histogram since the last flush: a count per bucket, and their sum."""
+
+    __slots__ = ("counts", "empty", "total")
+
+    def __init__(self) -> None:
+        # One more than the bounds: prometheus-client's last bucket is +Inf.
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.empty = True
+
+    def add(self, seconds: float) -> None:
+        # The first bound not below the value: prometheus-client's `value <= bound` rule.
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.empty = False
+
+    def into(self, histogram: Histogram) -> None:
+        """Add these observations to `histogram` (built with LATENCY_BUCKETS) and start again.
+
+        prometheus-client has no call that adds many observations at once; its histogram keeps one
+        value per bucket (not cumulative) and one for the sum, which are added to here directly.
+        """
+        if self.empty:
+            return
+        buckets = histogram._buckets
+        for index, count in enumerate(self.counts):
+            if count:
+                buckets[index].inc(count)
+                self.counts[index] = 0
+        histogram._sum.inc(self.total)
+        self.total = 0.0
+        self.empty = True

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
@@ -101,10 +103,12 @@ async def forward(
     headers: CIMultiDict[str],
     path_qs: str,
     on_headers: Callable[[float], None] | None = None,
+    on_prepare: Callable[[web.StreamResponse], None] | None = None,
 ) -> web.StreamResponse:
     """Send the request upstream with `headers` and stream the answer back to the client.
 
-    `on_headers` receives the seconds the upstream took to send its response headers.
+    `on_headers` receives the seconds the upstream took to send its response headers; `on_prepare`
+    sees the answer once its headers are final, just before they are sent.
     """
     started = time.perf_counter()
     body = request.content if request.body_exists else None
@@ -132,12 +136,40 @@ async def forward(
     if on_headers is not None:
         on_headers(time.perf_counter() - started)
     try:
-        return await _relay(request, upstream_response, upstream.send_timeout)
+        return await _relay(request, upstream_response, upstream.send_timeout, on_prepare)
     finally:
         upstream_response.release()
 
 
-class _CoalescedResponse(web.StreamResponse):
+class _Forwarded(web.StreamResponse):
+    """An upstream's answer on its way to the client.
+
+    The application's `on_response_prepare` hooks give the proxy's own answers their headers
+    (`authproxy.answers`); a forwarded answer keeps the upstream's, so it skips them, and only loses
+    the `Server` value aiohttp would add where the upstream sent none (it names the Python and aiohttp
+    versions). Skipping the hooks, which run for every answer, is also the largest saving of the
+    forwarding path. The caller's `on_prepare` runs at the point the hooks would have.
+    """
+
+    on_prepare: Callable[[web.StreamResponse], None] | None = None
+
+    async def _start(self, request: web.BaseRequest) -> AbstractStreamWriter:
+        # aiohttp's own `_start`, with the hooks replaced by the two steps above.
+        self._req = request
+        writer = self._payload_writer = request._payload_writer
+        await self._prepare_headers()
+        # aiohttp adds its default with `setdefault(SERVER, SERVER_SOFTWARE)`. An upstream's own header
+        # is a string decoded from its answer, never that very object, so identity tells the two apart
+        # even when an aiohttp upstream sends the same text.
+        if self._headers.get(hdrs.SERVER) is SERVER_SOFTWARE:
+            del self._headers[hdrs.SERVER]
+        if self.on_prepare is not None:
+            self.on_prepare(self)
+        await self._write_headers()
+        return writer
+
+
+class _CoalescedResponse(_Forwarded):
     """A response whose headers leave with the first piece of body, in one write instead of two.
 
     Only for answers whose body is already in hand: for anything else (an event stream, a slow
@@ -147,7 +179,7 @@ class _CoalescedResponse(web.StreamResponse):
     _send_headers_immediately = False
 
 
-class _ExactHeadResponse(web.StreamResponse):
+class _ExactHeadResponse(_Forwarded):
     """A response whose header bytes are the upstream's exactly, bytes that are not UTF-8 included.
 
     The upstream client decodes header bytes as UTF-8 with `surrogateescape`; aiohttp's writer would
@@ -186,10 +218,16 @@ def _escaped(value: str) -> bool:
     return False
 
 
-async def _relay(request: web.Request, upstream: h1.Response, send_timeout: float) -> web.StreamResponse:
+async def _relay(
+    request: web.Request,
+    upstream: h1.Response,
+    send_timeout: float,
+    on_prepare: Callable[[web.StreamResponse], None] | None,
+) -> web.StreamResponse:
     exact = upstream.non_ascii and any(_escaped(name) or _escaped(value) for name, value in upstream.headers)
-    kind = _ExactHeadResponse if exact else _CoalescedResponse if upstream.body_ready else web.StreamResponse
+    kind = _ExactHeadResponse if exact else _CoalescedResponse if upstream.body_ready else _Forwarded
     response = kind(status=upstream.status, reason=upstream.reason)
+    response.on_prepare = on_prepare
     if exact and upstream.body_ready:
         response._send_headers_immediately = False
     listed: set[str] = set()

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -214,14 +216,24 @@ async def test_metrics_of_all_workers_are_summed(serve_factory, tmp_path: Path) 
     async with ClientSession() as http:
         for _ in range(40):
             assert await _status(http, f"{served.url}/public/m") == 200
-        async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
-            text = await response.text()
-    total = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("authproxy_requests_total{") and 'route="proxy"' in line and 'status="200"' in line
-    )
-    assert total == 40
+        # Workers hand their figures over at most a second after an observation (metrics.FLUSH_INTERVAL).
+        deadline = time.monotonic() + 5
+        totals = []
+        while not totals or (totals[-1] < 40 and time.monotonic() < deadline):
+            await asyncio.sleep(0.2)
+            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                text = await response.text()
+            totals.append(
+                sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("authproxy_requests_total{")
+                    and 'route="proxy"' in line
+                    and 'status="200"' in line
+                )
+            )
+    assert totals[-1] == 40, totals
+    assert re.search(r"^authproxy_request_duration_seconds_count\{route=\"proxy\"\} 40.0$", text, re.M), text
 
 
 # --- start-up failures ---------------------------------------------------------------------------------

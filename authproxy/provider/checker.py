@@ -63,6 +63,7 @@ SESSION_ENDED = frozenset(
     }
 )
 _DIGESTS_MAX = 10_000
+_AGENT_MEMO_ENTRIES, _AGENT_MEMO_LENGTH = 1024, 512
 
 
 class SessionKnownDead(SessionRejected):
@@ -204,6 +205,9 @@ class SessionChecker:
         # A browser presents the same token on every request: hash it once, not per request.
         self._digests: OrderedDict[str, bytes] = OrderedDict()
         self._digests_max = min(max_entries, _DIGESTS_MAX)
+        # Few distinct user agents send most requests: their digests are kept too, for agents of a
+        # browser's length only, so the memo stays under a megabyte whatever clients send.
+        self._agents: OrderedDict[str, bytes] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -218,7 +222,7 @@ class SessionChecker:
         CentralAuth has just refused it, `CentralAuthUnavailable` on an outage the stale window misses.
         """
         digest = self._digests.get(token) or self._digest(token)
-        key = (digest, client_ip, agent_digest(user_agent))
+        key = (digest, client_ip, self._agents.get(user_agent) or self._agent(user_agent))
         entry = self._entries.get(key)
         # A hit needs no dead-token lookup: marking a token dead evicts its entries, and none is stored
         # for a dead token.
@@ -307,6 +311,14 @@ class SessionChecker:
             digest = self._digests[token] = _digest(token)
             if len(self._digests) > self._digests_max:
                 self._digests.popitem(last=False)
+        return digest
+
+    def _agent(self, user_agent: str) -> bytes:
+        digest = agent_digest(user_agent)
+        if len(user_agent) <= _AGENT_MEMO_LENGTH:
+            self._agents[user_agent] = digest
+            if len(self._agents) > _AGENT_MEMO_ENTRIES:
+                self._agents.popitem(last=False)
         return digest
 
     def _start(

@@ -28,6 +28,9 @@ from authproxy.runtime import RUNTIME
 log = structlog.get_logger("authproxy")
 
 REQUEST_ID = web.RequestKey("request_id", str)
+# The end user's IP, worked out once per request by `request_context`: the session check, the
+# upstream's X-Forwarded-For and the access log all use this one value.
+CLIENT_IP = web.RequestKey("client_ip", str)
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,6 +69,10 @@ def peer_trusted(request: web.Request) -> bool:
 
 
 def end_user_ip(request: web.Request) -> str:
+    return request[CLIENT_IP]
+
+
+def _end_user_ip(request: web.Request) -> str:
     forwarded_for = combined(request.headers.getall("X-Forwarded-For", ()))
     return request.app[RUNTIME].client_ips.client(request.remote, forwarded_for)
 
@@ -87,14 +94,15 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     trusted = incoming and _REQUEST_ID_RE.fullmatch(incoming) and peer_trusted(request)
     rid = incoming if trusted else new_request_id()
     request[REQUEST_ID] = rid
-    in_flight = request.app[RUNTIME].metrics.in_flight
-    in_flight.inc()
+    request[CLIENT_IP] = _end_user_ip(request)
+    metrics = request.app[RUNTIME].metrics
+    metrics.request_started()
     try:
         response = await handler(request)
     except AuthproxyError as exc:
         response = render_error(request, exc)
     finally:
-        in_flight.dec()
+        metrics.request_finished()
     if not response.prepared:
         response.headers.setdefault("X-Request-Id", rid)
     return response

@@ -11,8 +11,8 @@ are open: each is registered in `runtime.connections` under its session and watc
 refuse, or that expired is closed with 1008; a sign-out here (and, with Redis, anywhere) closes it at
 once. A CentralAuth outage closes nothing: an outage is never a logout, and the check resumes when
 CentralAuth answers again. Websockets are bridged here; event streams are found when their answer is
-prepared (`watch_event_stream`, an `on_response_prepare` hook) and cut by aborting the client's
-connection and cancelling the handler that streams them.
+prepared (`_watch_event_stream`, called by the forwarder just before the headers go) and cut by
+aborting the client's connection and cancelling the handler that streams them.
 """
 
 from __future__ import annotations
@@ -63,8 +63,7 @@ class _Stream:
         runtime.connections.close(self.connection)
 
 
-# The session a proxied request was let in with, for the event-stream hook; and that hook's stream.
-_SESSION = web.RequestKey("authproxy_session", Session)
+# The event stream being watched for a proxied request, if its answer is one.
 _STREAM = web.RequestKey("authproxy_stream", _Stream)
 
 
@@ -96,8 +95,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     headers = _upstream_headers(request, runtime, upstream, user, session)
     if upgrade:
         return await _websocket(request, runtime, upstream, target, headers, session)
+    on_prepare = None
     if session is not None:
-        request[_SESSION] = session  # for `watch_event_stream`, should the answer be an event stream
+        # Should the answer be an event stream, it is watched like a websocket while it streams.
+        def on_prepare(response: web.StreamResponse) -> None:
+            _watch_event_stream(request, runtime, session, response)
+
     try:
         return await forward(
             runtime.pool,
@@ -105,7 +108,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
             upstream,
             headers,
             target.wire_target,
-            runtime.metrics.upstream_latency.observe,
+            runtime.metrics.observe_upstream,
+            on_prepare,
         )
     finally:
         stream = request.get(_STREAM)
@@ -290,14 +294,13 @@ async def _websocket(
         runtime.connections.close(connection)
 
 
-async def watch_event_stream(request: web.Request, response: web.StreamResponse) -> None:
-    """`on_response_prepare`: a proxied, signed-in answer that is an event stream is watched like a
-    websocket while it streams, and cut (the client's connection aborted, its handler cancelled) when
-    its session ends."""
-    session = request.get(_SESSION)
-    if session is None or _STREAM in request or not _event_stream(response.headers.get("Content-Type", "")):
+def _watch_event_stream(
+    request: web.Request, runtime: Runtime, session: Session, response: web.StreamResponse
+) -> None:
+    """A proxied, signed-in answer that is an event stream is watched like a websocket while it
+    streams, and cut (the client's connection aborted, its handler cancelled) when its session ends."""
+    if _STREAM in request or not _event_stream(response.headers.get("Content-Type", "")):
         return
-    runtime = request.app[RUNTIME]
     handler = asyncio.current_task()  # the handler streaming the answer: prepare runs inside it
 
     def cut(code: int, reason: str) -> None:
