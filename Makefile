@@ -45,9 +45,11 @@ system-deps: bench-deps
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    tomcat10 jetty9 default-jdk-headless; }
 
+# lint-imports checks the layering contracts in pyproject.toml (docs/architecture.md, "The import rules").
 lint: $(STAMP)
-	$(BIN)/ruff check authproxy tests bench
-	$(BIN)/ruff format --check authproxy tests bench
+	$(BIN)/ruff check authproxy tests bench soak
+	$(BIN)/ruff format --check authproxy tests bench soak
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,6 +1,6 @@
 """The proxy's own answers on the wire: their security headers, the `Server` header, parser refusals.
 
-Two kinds of answer leave the proxy. Forwarded ones come from an upstream through `authproxy.proxy`,
+Two kinds of answer leave the proxy. Forwarded ones come from an upstream through `authproxy.forwarder`,
 and keep the upstream's headers exactly; the one thing changed is that aiohttp's own `Server` value
 (which names the Python and aiohttp versions) is never added to them. Everything else is the proxy's
 own — pages, JSON errors, redirects, health checks, forward-auth answers, aiohttp's 404/405 and 500,
@@ -36,7 +36,7 @@ def install(app: web.Application) -> None:
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    # Forwarded answers skip this hook (`authproxy.proxy._Forwarded`); what is left of the catch-all
+    # Forwarded answers skip this hook (`authproxy.forwarder._Forwarded`); what is left of the catch-all
     # route's streamed answers is the WebSocketResponse of an upgrade. Everything the proxy writes
     # itself is a complete web.Response, aiohttp's HTTPExceptions included.
     if not isinstance(response, web.Response) and request.match_info.route.name == PROXY_ROUTE:

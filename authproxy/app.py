@@ -15,29 +15,29 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from authproxy import access_log, answers
+from authproxy import answers, logs
 from authproxy.access_log import AccessLogger
-from authproxy.authorization import Rules
-from authproxy.config import Config, UpstreamConfig, split_host_port
+from authproxy.config import Config, RouteConfig, UpstreamConfig, split_host_port
 from authproxy.cookies import CookieValues, SessionCookie
+from authproxy.core.authorization import Rules
+from authproxy.core.headers import PROFILES, ClientIPs, UpstreamHeaders, self_test
+from authproxy.core.paths import CanonicalTargets, RouteRules
+from authproxy.core.redirect import RedirectPolicy
+from authproxy.core.routing import Route, RouteTable
+from authproxy.core.seal import Sealer
+from authproxy.core.transaction import TransactionCookies
+from authproxy.core.user import User
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
+from authproxy.forwarder import Router, Upstream, make_client_session
 from authproxy.h1 import Pool
-from authproxy.headers import ClientIPs, UpstreamHeaders, self_test
 from authproxy.metrics import Metrics, multiprocess_mode
 from authproxy.pages import Branding
-from authproxy.paths import CanonicalTargets, RouteRules
-from authproxy.provider.checker import Fetch, SessionChecker
+from authproxy.provider.checker import DeadTokens, Fetch, SessionChecker
 from authproxy.provider.client import CentralAuthClient
-from authproxy.provider.user import User
-from authproxy.proxy import Router, Upstream, make_client_session
-from authproxy.redirect import RedirectPolicy
 from authproxy.routes import auth, forward_auth, health, proxy, signout
 from authproxy.routes.common import request_context
-from authproxy.runtime import RUNTIME, Runtime
-from authproxy.session import redis_store
-from authproxy.session.seal import Sealer
-from authproxy.session.store import CookieStore, SessionStore
-from authproxy.transaction import TransactionCookies
+from authproxy.runtime import LIVE, Live, Runtime
+from authproxy.session.store import CookieStore, SessionStore, redis_store
 from authproxy.watch import GOING_AWAY
 from authproxy.websocket import Clients
 
@@ -48,7 +48,10 @@ log = structlog.get_logger("authproxy")
 
 
 def build_runtime(
-    config: Config, clock: Callable[[], float] = time.time, redis: RedisClient | None = None
+    config: Config,
+    clock: Callable[[], float] = time.time,
+    redis: RedisClient | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> Runtime:
     session = config.session
     secrets = [secret.get_secret_value() for secret in session.cookie_secrets]
@@ -70,6 +73,9 @@ def build_runtime(
     else:
         store = CookieStore(sealer, cookie.name, clock)
     transactions = TransactionCookies(sealer, session.cookie_name, secure=session.cookie_secure)
+    route_table = RouteTable(
+        [_route(index, entry, config) for index, entry in enumerate(config.routes.table)], Route.build(None)
+    )
     return Runtime(
         config=config,
         store=store,
@@ -79,7 +85,7 @@ def build_runtime(
         transactions=transactions,
         redirects=RedirectPolicy(
             public_url=f"{public.scheme}://{public.netloc}",
-            allowed_domains=tuple(config.redirects.allowed_domains),
+            allowed_domains=tuple(config.redirects.allowed_domains) + route_table.redirect_domains(),
         ),
         rules=Rules(
             client_id=config.centralauth.client_id,
@@ -91,15 +97,57 @@ def build_runtime(
         routes=RouteRules.from_config(config.routes.skip_auth, config.routes.api),
         targets=CanonicalTargets(config.routes.keep_path_parameters),
         router=Router([_upstream(table) for table in config.upstreams]),
+        route_table=route_table,
+        route_upstreams={
+            index: Upstream(entry.path if not entry.path.startswith("~") else "/", entry.upstream)
+            for index, entry in enumerate(config.routes.table)
+            if entry.upstream is not None
+        },
         metrics=Metrics(),
         branding=Branding(config.branding.title, config.branding.logo_url, config.branding.footer),
-        trusted_proxies=list(config.server.trusted_proxies),
         client_ips=ClientIPs(config.server.trusted_proxies),
+        identity_headers=PROFILES[config.headers.profile][0],
+        forward_auth_headers=PROFILES[config.headers.profile][1],
         upstream_headers=UpstreamHeaders(cookie.name, transactions.prefix, config.headers.strip_extra),
         callback_url=f"{config.server.public_url}{prefix}/callback",
         login_url=f"{config.centralauth.base_url}/login",
         prefix=prefix,
+        public_origin=f"{public.scheme}://{public.netloc}",
+        public_host=public.netloc.lower(),
+        public_scheme=public.scheme,
         clock=clock,
+        monotonic=monotonic,
+    )
+
+
+def _route(index: int, entry: RouteConfig, config: Config) -> Route:
+    """A `[[routes]]` entry; allow-lists it leaves empty are the global ones, and its
+    `require_verified_email` adds to the global rule, never lifts it."""
+    rules = None
+    own_lists = bool(entry.allowed_emails or entry.allowed_email_domains)
+    if own_lists or entry.require_verified_email:
+        base = config.authorization
+        rules = Rules(
+            client_id=config.centralauth.client_id,
+            allowed_email_domains=frozenset(
+                entry.allowed_email_domains if own_lists else base.allowed_email_domains
+            ),
+            allowed_emails=frozenset(entry.allowed_emails if own_lists else base.allowed_emails),
+            require_verified_email=entry.require_verified_email or base.require_verified_email,
+            allow_blocked_users=base.allow_blocked_users,
+        )
+    return Route.build(
+        index,
+        entry.path,
+        host=entry.host,
+        methods=entry.methods,
+        upstream=entry.upstream or "",
+        auth=entry.auth,
+        api=entry.api,
+        rules=rules,
+        session_check_ttl=entry.session_check_ttl,
+        step_up_max_age=entry.step_up_max_age,
+        strip_prefix=entry.strip_prefix,
     )
 
 
@@ -119,14 +167,18 @@ def _upstream(table: UpstreamConfig) -> Upstream:
     )
 
 
-def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.Application:
-    runtime = build_runtime(config, clock)
+def build_app(
+    config: Config, clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic
+) -> web.Application:
+    """The application for `config`. Tests pass their own clocks: `clock` is wall time (expiry
+    times), `monotonic` measures durations (the session-check TTL, the memory of dead tokens)."""
+    runtime = build_runtime(config, clock, monotonic=monotonic)
     # Refuse to start if a spoofed identity header or a proxy cookie could reach an upstream.
     self_test(
         runtime.cookie.name, runtime.transactions.prefix, runtime.upstream_headers, config.headers.strip_extra
     )
     app = web.Application(middlewares=[request_context])
-    app[RUNTIME] = runtime
+    app[LIVE] = Live(runtime)
     app.cleanup_ctx.append(_client_sessions)
     app.on_shutdown.append(_end_connections)
     app.cleanup_ctx.append(_metrics_listener)
@@ -151,7 +203,7 @@ def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.App
 async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
     """Per worker: one upstream connection pool, one aiohttp client session for CentralAuth, and the
     websocket client sessions, whose connections are bounded by `[websocket] max_open` on their own."""
-    runtime = app[RUNTIME]
+    runtime = app[LIVE].runtime
     http = make_client_session()
     runtime.client_session = http
     websockets = runtime.websocket_clients = Clients(runtime.config.websocket.max_open)
@@ -162,7 +214,7 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
         acquire_timeout=server.upstream_acquire_timeout,
     )
     _attach_backchannel(runtime)
-    runtime.metrics.track_cache_size(lambda: len(app[RUNTIME].checker))
+    runtime.metrics.track_cache_size(lambda: len(app[LIVE].runtime.checker))
     listener = None
     redis = redis_store(runtime.store)
     if redis is not None:
@@ -170,7 +222,7 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
 
         # Looks the checker up on every message: a reload replaces it.
         listener = asyncio.ensure_future(
-            listen_for_revocations(redis.client, lambda digest: _evict_hex(app[RUNTIME], digest))
+            listen_for_revocations(redis.client, lambda digest: _evict_hex(app[LIVE].runtime, digest))
         )
     yield
     if listener is not None:
@@ -184,8 +236,9 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
     await http.close()
 
 
-def _attach_backchannel(runtime: Runtime) -> None:
-    """The CentralAuth client and the session-check cache, built from the runtime's config."""
+def _attach_backchannel(runtime: Runtime, dead: DeadTokens | None = None) -> None:
+    """The CentralAuth client and the session-check cache, built from the runtime's config; `dead` is
+    a former checker's memory of dead tokens, kept."""
     centralauth = runtime.config.centralauth
     runtime.centralauth = CentralAuthClient(
         runtime.http,
@@ -195,7 +248,7 @@ def _attach_backchannel(runtime: Runtime) -> None:
         public_url=runtime.config.server.public_url,
         timeout=centralauth.timeout,
     )
-    runtime.userinfo = _counted(runtime.centralauth, runtime.metrics)
+    runtime.counted_userinfo = _counted(runtime.centralauth, runtime.metrics)
     runtime.session_checker = SessionChecker(
         runtime.userinfo,
         ttl=centralauth.session_check_ttl,
@@ -205,6 +258,11 @@ def _attach_backchannel(runtime: Runtime) -> None:
         dead_lifetime=float(runtime.config.session.max_age),
         wait=centralauth.timeout,
         shared=redis_store(runtime.store),
+        clock=runtime.monotonic,
+        dead=dead,
+        longest_ttl=max(
+            (entry.session_check_ttl or 0.0 for entry in runtime.config.routes.table), default=0.0
+        ),
     )
 
 
@@ -226,39 +284,69 @@ RESTART_ONLY = (
 def reload(app: web.Application, config: Config) -> list[str]:
     """Apply a new, already validated config to a running app without dropping a connection.
 
-    Everything is rebuilt from the new config except what belongs to the process: the listening
-    sockets, the HTTP connection pool, the metrics and the Redis connection. Settings that need those
-    rebuilt are kept as they were and named in the returned list. Requests in flight finish with the
-    objects they started with; the swap happens between two event-loop steps.
+    A new runtime is built from the new config and swapped in with one assignment: requests in flight
+    finish on the runtime they started with (`context.RUNTIME`), later ones start on the new one.
+    What belongs to the process carries over (the listening sockets, the connection pools, the
+    metrics, open websockets, request ids, the log buffer, used login states), and so does every
+    cache whose inputs did not change: the session-check cache and its CentralAuth client while
+    `[centralauth]` and the session lifetime are the same, the session store while `[session]` is, the
+    client-IP and canonical-target memos while their settings are. The memory of dead tokens always
+    carries over: a reload never lets a signed-out session back in. `[logging]` is applied again.
+    Settings that need a restart are kept as they were and named in the returned list.
     """
-    runtime = app[RUNTIME]
+    live = app[LIVE]
+    old = live.runtime
     kept = [
         f"{section}.{key}"
         for section, key in RESTART_ONLY
-        if getattr(getattr(config, section), key) != getattr(getattr(runtime.config, section), key)
+        if getattr(getattr(config, section), key) != getattr(getattr(old.config, section), key)
     ]
     if kept:
         updates: dict[str, dict[str, object]] = {}
         for name in kept:
             section, key = name.split(".")
-            updates.setdefault(section, {})[key] = getattr(getattr(runtime.config, section), key)
+            updates.setdefault(section, {})[key] = getattr(getattr(old.config, section), key)
         config = config.model_copy(
             update={s: getattr(config, s).model_copy(update=u) for s, u in updates.items()}
         )
-    redis = redis_store(runtime.store)
-    fresh = build_runtime(config, runtime.clock, redis=redis.client if redis is not None else None)
+    redis = redis_store(old.store)
+    fresh = build_runtime(
+        config, old.clock, redis=redis.client if redis is not None else None, monotonic=old.monotonic
+    )
     self_test(
         fresh.cookie.name, fresh.transactions.prefix, fresh.upstream_headers, config.headers.strip_extra
     )
-    fresh.client_session = runtime.client_session
-    fresh.upstream_pool = runtime.upstream_pool
-    fresh.metrics = runtime.metrics
-    fresh.used_states = runtime.used_states
-    fresh.connections = runtime.connections
-    fresh.websocket_clients = runtime.websocket_clients
-    _attach_backchannel(fresh)
-    vars(runtime).update(vars(fresh))
+    for name in _PROCESS_STATE:
+        setattr(fresh, name, getattr(old, name))
+    if config.session == old.config.session:
+        fresh.store = old.store
+    if config.server.trusted_proxies == old.config.server.trusted_proxies:
+        fresh.client_ips = old.client_ips
+    if config.routes.keep_path_parameters == old.config.routes.keep_path_parameters:
+        fresh.targets = old.targets
+    if config.centralauth == old.config.centralauth and config.session.max_age == old.config.session.max_age:
+        fresh.centralauth, fresh.counted_userinfo = old.centralauth, old.counted_userinfo
+        fresh.session_checker = old.session_checker
+    else:
+        _attach_backchannel(fresh, dead=old.checker.dead)
+    if config.logging != old.config.logging:
+        logs.configure(config.logging.format, config.logging.level)
+    live.runtime = fresh
     return kept
+
+
+# A reload's new runtime takes these from the old one: they belong to the process, not to the config.
+_PROCESS_STATE = (
+    "client_session",
+    "upstream_pool",
+    "metrics",
+    "used_states",
+    "connections",
+    "websocket_clients",
+    "request_ids",
+    "access_lines",
+    "probe_cache",
+)
 
 
 def _evict_hex(runtime: Runtime, digest: str) -> None:
@@ -272,7 +360,7 @@ def _evict_hex(runtime: Runtime, digest: str) -> None:
 
 async def _end_connections(app: web.Application) -> None:
     """At shutdown, websockets and event streams are told so (1001) instead of holding the grace period."""
-    app[RUNTIME].connections.end_all(GOING_AWAY, "server shutting down")
+    app[LIVE].runtime.connections.end_all(GOING_AWAY, "server shutting down")
 
 
 def _counted(client: CentralAuthClient, metrics: Metrics) -> Fetch:
@@ -294,13 +382,14 @@ def _counted(client: CentralAuthClient, metrics: Metrics) -> Fetch:
 
 
 async def _flush_access_log(app: web.Application) -> None:
-    access_log.flush()
-    app[RUNTIME].metrics.flush()  # the last figures, before the process (and its metrics file) goes
+    runtime = app[LIVE].runtime
+    runtime.access_lines.flush()
+    runtime.metrics.flush()  # the last figures, before the process (and its metrics file) goes
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     """Serve /metrics on its own address, so it is never reachable through the proxied port."""
-    runtime = app[RUNTIME]
+    runtime = app[LIVE].runtime
     listen = runtime.config.server.metrics_listen
     if not listen or multiprocess_mode():  # with several workers the supervisor serves the sum
         yield

@@ -1,4 +1,4 @@
-"""The `authproxy` command line: serve, check-config, devidp, demo, gen-secret.
+"""The `authproxy` command line: serve, check-config, explain, devidp, demo, gen-secret.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid configuration (one line per problem,
 each naming its key). Valid but risky settings are warnings (`warning: key: message` from check-config,
@@ -34,6 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file (exit 0, or 2 with errors)")
     check.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML config file")
     check.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
+    check.add_argument("--show-routes", action="store_true", help="print the effective route table")
+
+    explain = commands.add_parser(
+        "explain", help="trace one request through the routes and rules (exit 0 whatever the decision)"
+    )
+    explain.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML config file")
+    explain.add_argument("--method", default="GET", help="HTTP method (default GET)")
+    explain.add_argument("--email", default="", help="a signed-in user's e-mail; without it, no session")
+    explain.add_argument("--unverified", action="store_true", help="the user's e-mail is not verified")
+    explain.add_argument("--blocked", action="store_true", help="the user is blocked at CentralAuth")
+    explain.add_argument(
+        "--affirmed-ago", type=float, default=0.0, metavar="SECONDS",
+        help="seconds since the session's last CentralAuth affirmation (default 0)",
+    )  # fmt: skip
+    explain.add_argument("--client-ip", default="203.0.113.10", help="the end user's IP")
+    explain.add_argument("--json", action="store_true", help="print one JSON object")
+    explain.add_argument("url", metavar="URL", help="https://host/path?query, or a path on public_url")
 
     # Only listed here for --help: its options belong to the fake and are parsed by it (see main()).
     commands.add_parser("devidp", help="run the fake CentralAuth server (devidp --help for options)")
@@ -46,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_config(path: str, strict: bool = False) -> int:
+def check_config(path: str, strict: bool = False, show_routes: bool = False) -> int:
     try:
         config = load(path)
     except ConfigError as exc:
@@ -63,6 +80,30 @@ def check_config(path: str, strict: bool = False) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     count = f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})" if warnings else ""
     print(f"{path}: configuration is valid{count}")
+    if show_routes:
+        from authproxy.explain import show_routes as routes_of
+
+        print(routes_of(config))
+    return EXIT_OK
+
+
+def explain(args: argparse.Namespace) -> int:
+    from authproxy.explain import Subject
+    from authproxy.explain import explain as trace
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    subject = Subject(args.email, not args.unverified, args.blocked, args.affirmed_ago, args.client_ip)
+    try:
+        result = trace(config, args.method, args.url, subject)
+    except ValueError as exc:
+        print(f"authproxy explain: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(result.to_json() if args.json else result.to_text())
     return EXIT_OK
 
 
@@ -121,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return devidp_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "check-config":
-        return check_config(args.config, args.strict)
+        return check_config(args.config, args.strict, args.show_routes)
+    if args.command == "explain":
+        return explain(args)
     if args.command == "gen-secret":
         return gen_secret()
     if args.command == "serve":

@@ -42,9 +42,10 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from authproxy.config_checks import client_id_problem, is_placeholder
+from authproxy.core import routing
+from authproxy.core.paths import parse_route_rule
+from authproxy.core.redirect import RedirectPolicy
 from authproxy.errors import ConfigError
-from authproxy.paths import parse_route_rule
-from authproxy.redirect import RedirectPolicy
 
 __all__ = ["Config", "ConfigError", "load"]
 
@@ -390,11 +391,64 @@ class UpstreamConfig(Section):
         return self
 
 
+class RouteConfig(Section):
+    """One `[[routes]]` entry (see `core.routing`); its defaults are the global settings'."""
+
+    host: str = ""
+    path: str = "/"
+    methods: list[str] = []
+    upstream: UpstreamUrl | None = None
+    auth: Literal["required", "optional", "public"] = "required"
+    api: bool = False
+    allowed_emails: list[str] = []
+    allowed_email_domains: list[str] = []
+    require_verified_email: bool = False
+    session_check_ttl: float | None = Field(None, ge=0, le=86400)
+    step_up_max_age: float | None = Field(None, gt=0)
+    strip_prefix: bool = False
+
+    @field_validator("allowed_email_domains", "allowed_emails")
+    @classmethod
+    def _lower(cls, values: list[str]) -> list[str]:
+        return [value.strip().lower().lstrip("@") for value in values]
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"[A-Za-z]+", value):
+                raise ValueError(f"{value!r} is not an HTTP method")
+        return [value.upper() for value in values]
+
+    @model_validator(mode="after")
+    def _route(self) -> RouteConfig:
+        try:
+            routing.Route.build(0, self.path, host=self.host, strip_prefix=self.strip_prefix)
+        except ValueError as exc:
+            field = "path" if "path" in str(exc) or "strip_prefix" in str(exc) else "host"
+            raise ValueError(f"{field}: {exc}") from None
+        restricting = (
+            self.step_up_max_age is not None
+            or self.allowed_emails
+            or self.allowed_email_domains
+            or self.require_verified_email
+            or self.session_check_ttl is not None
+        )
+        if self.auth == "public" and restricting:
+            raise ValueError(
+                "auth: a public route reads no session, so it takes no step-up, allow-list, "
+                "require_verified_email or session_check_ttl"
+            )
+        return self
+
+
 class RoutesConfig(Section):
     skip_auth: list[RouteRule] = []
     api: list[RouteRule] = []
     # Send each segment's `;parameters` (`;jsessionid=...`) upstream; the rules still judge without them.
     keep_path_parameters: bool = False
+    # The `[[routes]]` array of tables, when the file uses that form (TOML cannot hold both forms).
+    table: list[RouteConfig] = []
 
 
 class AuthorizationConfig(Section):
@@ -470,6 +524,7 @@ class Config(BaseSettings):
     centralauth: CentralAuthConfig
     session: SessionConfig
     upstreams: list[UpstreamConfig] = Field(min_length=1)
+    # `[routes]` (a table: skip_auth, api, keep_path_parameters) or `[[routes]]` (the route table).
     routes: RoutesConfig = RoutesConfig()
     authorization: AuthorizationConfig = AuthorizationConfig()
     redirects: RedirectsConfig = RedirectsConfig()
@@ -489,6 +544,11 @@ class Config(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file arrives as init kwargs; the environment must win over it, as operators expect.
         return _EnvironmentSource(settings_cls), init_settings
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _route_table(cls, value: Any) -> Any:
+        return {"table": value} if isinstance(value, list) else value
 
     @field_validator("upstreams")
     @classmethod
@@ -623,6 +683,10 @@ class _EnvironmentSource(PydanticBaseSettingsSource):
 def load(path: str | Path) -> Config:
     """Read, merge and validate the configuration; raise ConfigError with every problem found."""
     data = _read_toml(Path(path))
+    if isinstance(data.get("routes"), list):
+        # The `[[routes]]` shape as the table it is stored in, so that an AUTHPROXY_ROUTES__* variable
+        # merges into it instead of replacing the whole list.
+        data["routes"] = {"table": data["routes"]}
     environment = read_environment(os.environ)
     unreadable = [loc for loc, _ in environment.problems]
     problems = [problem for _, problem in environment.problems]
@@ -663,6 +727,8 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
 def _locate(error: Any) -> tuple[Loc, str]:
     """The key an error concerns and its message, never echoing the offending value (it may be a secret)."""
     loc: Loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
+    if loc[:2] == ("routes", "table"):
+        loc = ("routes", *loc[2:])  # as the file spells it: routes[0].path
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return loc, f"unknown key{_suggestion(loc)}"

@@ -186,6 +186,21 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
                     f"contains a match anywhere; did you mean {method + '^' + pattern!r}?",
                 )
             )
+    public_host = (urlsplit(config.server.public_url).hostname or "").lower()
+    domain = config.session.cookie_domain.lower().lstrip(".")
+    for index, route in enumerate(config.routes.table):
+        host = route.host.lower().removeprefix("*.")
+        if not host or host == public_host:
+            continue
+        if not domain or not (host == domain or host.endswith("." + domain)):
+            found.append(
+                ConfigWarning(
+                    f"routes[{index}].host",
+                    f"{route.host!r} is not covered by session.cookie_domain ({domain or 'unset'}): the "
+                    "session cookie set after a login on public_url's host never reaches it, so its "
+                    "requests would be sent to sign in again and again",
+                )
+            )
     return found
 
 

@@ -104,6 +104,7 @@ DENIAL_REASONS: dict[str, str] = {
     "unverified_email": "It admits only verified e-mail addresses, and yours is not verified at CentralAuth.",
     "blocked": "Your account is blocked at CentralAuth.",
     "organization": "Your account belongs to another CentralAuth organization than this application.",
+    "affirmation_mismatch": "You are still signed in with the account you had before.",
 }
 
 
@@ -122,6 +123,24 @@ class AccessDenied(AuthproxyError):
         reason = DENIAL_REASONS.get(rule)
         super().__init__(public=f"{self.message} {reason}" if reason else None)
         self.rule = rule
+
+
+class AffirmationMismatch(AccessDenied):
+    """A step-up login came back signed in as another account than the session that asked for it."""
+
+    message = "You confirmed your sign-in with a different account."
+
+    def __init__(self) -> None:
+        super().__init__("affirmation_mismatch")
+
+
+class StepUpRequired(AuthproxyError):
+    """A route wants a recent CentralAuth affirmation; an API client gets this, a browser is sent to
+    affirm instead."""
+
+    code = "step_up_required"
+    status = 401
+    message = "This resource needs a recent confirmation of your sign-in. Sign in again to continue."
 
 
 class UpstreamUnavailable(AuthproxyError):

@@ -9,11 +9,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+from typing import TextIO, cast
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured: a reload
+    configures logging again, and the stream at that moment (a test's capture, say) may be gone later."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _Stderr()
 
 
 def configure(fmt: str = "json", level: str = "info") -> None:
@@ -29,7 +44,8 @@ def configure(fmt: str = "json", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # structlog only ever calls write() and flush() on it.
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _STDERR)),
         # Only events (not access lines) go through structlog, so the lookup per call costs little and
         # a reconfiguration (hot reload, tests) reaches every module's logger.
         cache_logger_on_first_use=False,

@@ -1,6 +1,8 @@
 """Everything a request handler needs, built once from the config by the composition root (`app.py`).
 
-Handlers reach it through `request.app[RUNTIME]`; nothing here does I/O at construction time.
+The application holds the live one (`app[LIVE].runtime`); the request middleware hands it to each
+request (`context.RUNTIME`), which keeps it to the end, so a reload that swaps in a new runtime never
+changes the objects a request in flight is using. Nothing here does I/O at construction time.
 """
 
 from __future__ import annotations
@@ -13,21 +15,24 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from authproxy.authorization import Rules
 from authproxy.config import Config
 from authproxy.cookies import CookieValues, SessionCookie
+from authproxy.core.authorization import Rules
+from authproxy.core.headers import ClientIPs, IdentityNames, UpstreamHeaders
+from authproxy.core.paths import CanonicalTargets, RouteRules
+from authproxy.core.redirect import RedirectPolicy
+from authproxy.core.routing import Route, RouteTable
+from authproxy.core.seal import Sealer
+from authproxy.core.transaction import TTL, TransactionCookies
+from authproxy.forwarder import Router, Upstream
 from authproxy.h1 import Pool
-from authproxy.headers import ClientIPs, IPNetwork, UpstreamHeaders
+from authproxy.line_buffer import Lines
 from authproxy.metrics import Metrics
 from authproxy.pages import Branding
-from authproxy.paths import CanonicalTargets, RouteRules
 from authproxy.provider.checker import Fetch, SessionChecker
 from authproxy.provider.client import CentralAuthClient
-from authproxy.proxy import Router
-from authproxy.redirect import RedirectPolicy
-from authproxy.session.seal import Sealer
+from authproxy.request_ids import RequestIds
 from authproxy.session.store import SessionStore
-from authproxy.transaction import TTL, TransactionCookies
 from authproxy.watch import Connections
 from authproxy.websocket import Clients
 
@@ -65,16 +70,28 @@ class Runtime:
     routes: RouteRules
     targets: CanonicalTargets
     router: Router
+    route_table: RouteTable
+    # The upstream of each `[[routes]]` entry that names one, by the entry's index.
+    route_upstreams: dict[int, Upstream]
     branding: Branding
     metrics: Metrics
-    trusted_proxies: list[IPNetwork]
     client_ips: ClientIPs
     upstream_headers: UpstreamHeaders
+    identity_headers: IdentityNames  # to the upstream
+    forward_auth_headers: IdentityNames  # in a forward-auth answer
     callback_url: str
     login_url: str
     prefix: str
-    clock: Callable[[], float] = time.time
+    # public_url's parts: where logins run, whatever host a request came to.
+    public_origin: str = ""
+    public_host: str = ""
+    public_scheme: str = "https"
+    clock: Callable[[], float] = time.time  # wall time: session expiry, cookie ages
+    # Durations and TTLs (the session-check cache, dead tokens): never jumps with the wall clock.
+    monotonic: Callable[[], float] = time.monotonic
     used_states: UsedStates = field(default_factory=UsedStates)
+    request_ids: RequestIds = field(default_factory=RequestIds)
+    access_lines: Lines = field(default_factory=Lines)
     probe_cache: dict[str, tuple[float, str]] = field(default_factory=dict)
     # Created in the app's cleanup context, once the event loop runs.
     client_session: aiohttp.ClientSession | None = None
@@ -82,17 +99,29 @@ class Runtime:
     centralauth: CentralAuthClient | None = None
     session_checker: SessionChecker | None = None
     # userinfo with its calls counted by outcome; the checker and the login callback both use it.
-    userinfo: Fetch | None = None
+    counted_userinfo: Fetch | None = None
     # Open websockets and event streams by session (see `authproxy.watch`), and the client sessions
     # upstream websockets are opened with, apart from CentralAuth's; both are kept across reloads.
     connections: Connections = field(default_factory=Connections)
     websocket_clients: Clients | None = None
+
+    def upstream_for(self, route: Route, path: str) -> Upstream | None:
+        """Where a request on `route` goes: the route's own upstream, or the longest-prefix choice."""
+        if route.index is not None and route.index in self.route_upstreams:
+            return self.route_upstreams[route.index]
+        return self.router.pick(path)
 
     @property
     def provider(self) -> CentralAuthClient:
         if self.centralauth is None:
             raise RuntimeError("the CentralAuth client is created when the application starts")
         return self.centralauth
+
+    @property
+    def userinfo(self) -> Fetch:
+        if self.counted_userinfo is None:
+            raise RuntimeError("the CentralAuth client is created when the application starts")
+        return self.counted_userinfo
 
     @property
     def checker(self) -> SessionChecker:
@@ -119,4 +148,11 @@ class Runtime:
         return self.client_session
 
 
-RUNTIME = web.AppKey("runtime", Runtime)
+@dataclass
+class Live:
+    """The runtime new requests start on; a reload replaces it in one assignment."""
+
+    runtime: Runtime
+
+
+LIVE = web.AppKey("live", Live)

@@ -9,7 +9,7 @@ from typing import Any
 
 def run(main: Coroutine[Any, Any, None]) -> None:
     try:
-        import uvloop
+        import uvloop  # type: ignore[import-not-found, unused-ignore]  # optional: the `fast` extra
     except ImportError:
         asyncio.run(main)
         return

@@ -17,6 +17,7 @@ import math
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,7 @@ def _download(port: int, headers: dict[str, str], size: int) -> int:
 def _upload(port: int, headers: dict[str, str], size: int) -> int:
     block = b"u" * CHUNK
 
-    def body() -> Any:
+    def body() -> Iterator[bytes]:
         sent = 0
         while sent < size:
             part = block[: min(CHUNK, size - sent)]

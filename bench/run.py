@@ -15,18 +15,21 @@ servers are stopped whatever happens.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench import checks, machine, measure, report, sessions, stack, tables, wrk
 from bench.measure import Case
 from bench.plan import PLANS, Plan
 
 HERE = Path(__file__).resolve().parent
+
+T = TypeVar("T")
 
 
 def throughput_cases(plan: Plan, s: stack.Stack) -> list[Case]:
@@ -82,7 +85,7 @@ def latency_cases(plan: Plan, s: stack.Stack) -> list[tuple[Case, int, float]]:
     return cases
 
 
-def _rotated(items: list[Any], by: int) -> list[Any]:
+def _rotated(items: list[T], by: int) -> list[T]:
     by %= len(items)
     return items[by:] + items[:by]
 
@@ -104,7 +107,7 @@ def run_throughput(plan: Plan, cases: list[Case], cookies: Path, work: Path, idp
     for number in range(plan.rounds):
         for case in _rotated(cases, number):
             sample = measure.repeat_while_disturbed(
-                lambda case=case: measure.throughput(case, plan.seconds, headers, work, cookies, idp_url)
+                functools.partial(measure.throughput, case, plan.seconds, headers, work, cookies, idp_url)
             )
             runs[case.key].append(sample)
     return {
@@ -126,8 +129,8 @@ def run_latency(
     for number in range(plan.rounds):
         for case, connections, rate in _rotated(cases, number):
             sample = measure.repeat_while_disturbed(
-                lambda case=case, connections=connections, rate=rate: measure.latency(
-                    case, rate, connections, plan.latency_seconds, headers, idp_url
+                functools.partial(
+                    measure.latency, case, rate, connections, plan.latency_seconds, headers, idp_url
                 )
             )
             runs[case.key].append(sample)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import aiohttp
 
+from authproxy.core.seal import Sealer
 from authproxy.session.model import Session
-from authproxy.session.seal import Sealer
 
 COOKIE_NAME = "_authproxy"
 EMAIL = "bench@example.com"

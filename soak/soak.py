@@ -67,7 +67,7 @@ MIX = {  # operation -> share of all operations
     "ping": 0.08,
 }
 RNG = random.SystemRandom()
-FAULTS = [
+FAULTS: list[dict[str, float]] = [  # bodies for the fake's /_devidp/faults
     {"status": 503},
     {"status": 429},
     {"status": 500},
@@ -286,8 +286,8 @@ class Load:
             body = await r.read()
             text = body[:2000].decode("utf-8", "replace")
             outcome = classify(r.status, text, expected)
-            checked = r.status == 200 and user is not None and path.startswith("/api/whoami")
-            if checked and json.loads(body).get("X-Forwarded-Email") != user.email:  # type: ignore[union-attr]
+            checked = r.status == 200 and path.startswith("/api/whoami")
+            if checked and user is not None and json.loads(body).get("X-Forwarded-Email") != user.email:
                 return "unexpected_status", "the upstream saw another identity"
             return outcome, f"{r.status} {text[:120]}"
 
@@ -648,11 +648,11 @@ def main() -> int:
         serve_upstream(args.port)
         return 0
     try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
-
-        return uvloop.run(soak(args))  # type: ignore[no-any-return]
+        import uvloop  # type: ignore[import-not-found, unused-ignore]  # optional: the `fast` extra
     except ImportError:
         return asyncio.run(soak(args))
+    status: int = uvloop.run(soak(args))
+    return status
 
 
 if __name__ == "__main__":

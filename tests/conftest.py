@@ -6,6 +6,11 @@ parametrization: `@pytest.mark.parametrize("devidp", [{"max_session_time": 60}],
 HTTP exactly as a browser and a relying party would: `login()` drives `GET`/`POST /login`,
 `verify()`/`userinfo()`/`logout()` send what the official NPM library sends, and the remaining helpers
 wrap the `/_devidp/` test-control API.
+
+Around them: `proxy_factory`/`proxy` (the proxy under test in front of a real echo upstream), `kernel`
+(a JupyterLab-like upstream), `browser` and `http` clients, `logs` (captured output checked for unhandled
+exceptions) and `redis_server` (a real redis-server of the test's own). Signing a browser in is
+`support.logins.signed_in`.
 """
 
 from __future__ import annotations
@@ -15,16 +20,21 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from html import unescape
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+from support.chaos import LogCheck
 from support.echo import make_echo_app
 from support.harness import Browser, Proxy, start_proxy
 from support.kernel import KernelState, make_kernel_app
+from support.redis_server import RedisServer
 from yarl import URL
 
 from authproxy.devidp import DevIdpSettings, make_app
@@ -100,7 +110,7 @@ class Tokens:
 
 
 class DevIdp:
-    def __init__(self, url: str, app: Any, http: aiohttp.ClientSession) -> None:
+    def __init__(self, url: str, app: web.Application, http: aiohttp.ClientSession) -> None:
         self.url = url
         self.app = app
         self.http = http
@@ -247,10 +257,12 @@ class DevIdp:
         return await self.control("POST", "/clock", {"advance": seconds})
 
     async def stats(self) -> dict[str, int]:
-        return await self.control("GET", "/stats")
+        counts: dict[str, int] = await self.control("GET", "/stats")
+        return counts
 
     async def recorded(self) -> list[dict[str, Any]]:
-        return await self.control("GET", "/requests")
+        calls: list[dict[str, Any]] = await self.control("GET", "/requests")
+        return calls
 
     async def fault(self, endpoint: str, **spec: Any) -> Any:
         return await self.control("POST", "/faults", {"endpoint": endpoint, **spec})
@@ -269,7 +281,7 @@ DevIdpFactory = Callable[..., Awaitable[DevIdp]]
 
 
 @pytest.fixture
-async def devidp_factory(aiohttp_server: Any) -> AsyncIterator[DevIdpFactory]:
+async def devidp_factory(aiohttp_server: AiohttpServer) -> AsyncIterator[DevIdpFactory]:
     sessions: list[aiohttp.ClientSession] = []
 
     async def start(**overrides: Any) -> DevIdp:
@@ -295,7 +307,7 @@ ProxyFactory = Callable[..., Awaitable[Proxy]]
 
 
 @pytest.fixture
-async def echo_url(aiohttp_server: Any) -> str:
+async def echo_url(aiohttp_server: AiohttpServer) -> str:
     """A real echo upstream on loopback (see support/echo.py)."""
     server = await aiohttp_server(make_echo_app())
     return str(server.make_url("")).rstrip("/")
@@ -303,16 +315,26 @@ async def echo_url(aiohttp_server: Any) -> str:
 
 @pytest.fixture
 async def proxy_factory(devidp: DevIdp, echo_url: str) -> AsyncIterator[ProxyFactory]:
-    """Start proxies in front of the echo upstream, talking to `devidp`; overrides are config tables."""
+    """Start proxies in front of the echo upstream, talking to `devidp`; overrides are config tables.
+
+    `clock` (wall time) and `monotonic` (what TTLs run on) replace the proxy's real clocks, e.g. with a
+    `support.harness.FakeClock` a test advances instead of sleeping."""
     started: list[Proxy] = []
 
-    async def start(**overrides: Any) -> Proxy:
+    async def start(
+        *,
+        clock: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] | None = None,
+        **overrides: Any,
+    ) -> Proxy:
+        clocks = {"clock": clock, "monotonic": monotonic}
         proxy = await start_proxy(
             idp_url=devidp.url,
             client_id=CLIENT_ID,
             client_secret=CLIENT_SECRET,
             upstream_url=echo_url,
             overrides=overrides,
+            **{name: given for name, given in clocks.items() if given is not None},
         )
         started.append(proxy)
         return proxy
@@ -328,7 +350,7 @@ async def proxy(proxy_factory: ProxyFactory) -> Proxy:
 
 
 @pytest.fixture
-async def kernel(aiohttp_server: Any) -> tuple[KernelState, str]:
+async def kernel(aiohttp_server: AiohttpServer) -> tuple[KernelState, str]:
     """A JupyterLab-like upstream (support/kernel.py): its state, and its URL."""
     state = KernelState()
     server = await aiohttp_server(make_kernel_app(state))
@@ -340,3 +362,28 @@ async def browser() -> AsyncIterator[Browser]:
     client = Browser()
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A bare HTTP client: it keeps no cookies and hands bodies over as sent (no decompression)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False) as session:
+        yield session
+
+
+# --- around the proxy ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def logs(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> LogCheck:
+    """Everything the test printed or logged, to check for unhandled exceptions (`logs.assert_clean()`)."""
+    return LogCheck(capfd, caplog)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own on a free loopback port (support/redis_server.py)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

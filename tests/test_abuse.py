@@ -11,22 +11,15 @@ if the proxy ever parsed it, and a smuggled `GET /admin` would need a session.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ProxyFactory
-from support.chaos import LogCheck, RawRequest, RawServer, exchange, log_problems, status_of
-from support.harness import BROWSER_UA, COOKIE_SECRET, Browser, Proxy, free_port
+from support.chaos import LogCheck, RawServer, RawTarget, exchange, log_problems, status_of
+from support.harness import BROWSER_UA
+from support.logins import signed_in
 from support.served import ServedProxy
-
-from authproxy.access_log import AccessLogger
-from authproxy.app import build_app
-from authproxy.config import Config
-from authproxy.runtime import RUNTIME
 
 GET = b"GET /public/x HTTP/1.1\r\nHost: a\r\n"
 POST = b"POST /public/x HTTP/1.1\r\nHost: a\r\n"
@@ -35,49 +28,14 @@ UPSTREAM_TIMEOUT = 0.5
 ADMIN = b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n"
 
 
-@dataclass
-class Target:
-    proxy: Proxy
-    upstream: RawServer
-
-    @property
-    def port(self) -> int:
-        return int(self.proxy.url.rsplit(":", 1)[1])
-
-    async def send(self, data: bytes, wait: float = 0.3) -> tuple[bytes, list[RawRequest]]:
-        """Raw bytes in; the raw answer out, and the requests the upstream received because of them."""
-        before = len(self.upstream.seen)
-        answer = await exchange(self.port, data, wait=wait)
-        await asyncio.sleep(0.05)  # let the upstream side finish reading what was sent
-        assert self.upstream.malformed == [], "the upstream received ambiguous framing"
-        return answer, self.upstream.seen[before:]
-
-
 @pytest.fixture
-async def target(proxy_factory: ProxyFactory) -> AsyncIterator[Target]:
+async def target(proxy_factory: ProxyFactory) -> AsyncIterator[RawTarget]:
     upstream = await RawServer().start()
     proxy = await proxy_factory(
         routes={"skip_auth": ["^/public/"]}, upstreams=[{"url": upstream.url, "timeout": UPSTREAM_TIMEOUT}]
     )
-    yield Target(proxy, upstream)
+    yield RawTarget(proxy, upstream)
     await upstream.stop()
-
-
-@pytest.fixture
-def logs(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> LogCheck:
-    return LogCheck(capfd, caplog)
-
-
-async def session_cookie(target: Target) -> str:
-    """A signed-in `Cookie` header value, for raw requests sent with the browser's user agent."""
-    browser = Browser()
-    try:
-        status, _, _ = await browser.login(f"{target.proxy.url}/", "ada@example.com")
-        assert status == 200
-        name = target.proxy.app[RUNTIME].cookie.name
-        return f"{name}={browser.cookie(name)}"
-    finally:
-        await browser.close()
 
 
 # Each is refused by the proxy's parser with a 400-class answer, forwards nothing, and closes the
@@ -119,7 +77,7 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("raw", REFUSED.values(), ids=REFUSED.keys())
-async def test_malformed_requests_are_refused_and_reach_nobody(target: Target, raw: bytes) -> None:
+async def test_malformed_requests_are_refused_and_reach_nobody(target: RawTarget, raw: bytes) -> None:
     answer, received = await target.send(raw + SMUGGLED)
     assert status_of(answer) in (400, 413, 414, 431), answer[:200]
     assert received == []  # not even the well-formed public request that followed
@@ -152,7 +110,7 @@ ACCEPTED = {
 
 
 @pytest.mark.parametrize("raw", ACCEPTED.values(), ids=ACCEPTED.keys())
-async def test_nothing_is_smuggled_to_the_upstream(target: Target, logs: LogCheck, raw: bytes) -> None:
+async def test_nothing_is_smuggled_to_the_upstream(target: RawTarget, logs: LogCheck, raw: bytes) -> None:
     answer, received = await target.send(raw)
     assert status_of(answer) != 500 and status_of(answer) != 0, answer[:300]
     targets = [r.target for r in received]
@@ -164,7 +122,7 @@ async def test_nothing_is_smuggled_to_the_upstream(target: Target, logs: LogChec
     logs.assert_clean()
 
 
-async def test_pipelined_requests_are_each_authorized(target: Target, logs: LogCheck) -> None:
+async def test_pipelined_requests_are_each_authorized(target: RawTarget, logs: LogCheck) -> None:
     answer, received = await target.send(
         b"GET /public/1 HTTP/1.1\r\nHost: a\r\n\r\n"
         b"GET /admin HTTP/1.1\r\nHost: a\r\nAccept: application/json\r\n\r\n"
@@ -177,10 +135,10 @@ async def test_pipelined_requests_are_each_authorized(target: Target, logs: LogC
 
 
 async def test_pipelined_requests_after_a_signed_in_one_carry_no_identity(
-    target: Target, logs: LogCheck
+    target: RawTarget, logs: LogCheck
 ) -> None:
     """Identity belongs to the request that brought the cookie, not to the connection."""
-    cookie = await session_cookie(target)
+    cookie = (await signed_in(target.proxy)).header
     answer, received = await target.send(
         f"GET /private HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\nUser-Agent: {BROWSER_UA}\r\n\r\n".encode()
         + b"GET /admin HTTP/1.1\r\nHost: a\r\nAccept: application/json\r\n\r\n"
@@ -193,10 +151,10 @@ async def test_pipelined_requests_after_a_signed_in_one_carry_no_identity(
     logs.assert_clean()
 
 
-async def test_absolute_form_reaches_only_the_configured_upstream(target: Target, logs: LogCheck) -> None:
+async def test_absolute_form_reaches_only_the_configured_upstream(target: RawTarget, logs: LogCheck) -> None:
     """An absolute-form target naming another host than `Host` is refused: upstreams differ on which of
     the two wins, so neither is guessed. Nothing is forwarded, whatever the session."""
-    cookie = await session_cookie(target)
+    cookie = (await signed_in(target.proxy)).header
     for raw in (
         b"GET http://evil.example/admin HTTP/1.1\r\nHost: a\r\nAccept: application/json\r\n\r\n",
         b"GET http://evil.example/public/x HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -215,8 +173,8 @@ async def test_absolute_form_reaches_only_the_configured_upstream(target: Target
     logs.assert_clean()
 
 
-async def test_absolute_form_is_served_like_origin_form(target: Target) -> None:
-    cookie = await session_cookie(target)
+async def test_absolute_form_is_served_like_origin_form(target: RawTarget) -> None:
+    cookie = (await signed_in(target.proxy)).header
     answer, received = await target.send(
         f"GET http://app.example/private?q=1 HTTP/1.1\r\nHost: app.example\r\nCookie: {cookie}\r\n"
         f"User-Agent: {BROWSER_UA}\r\n\r\n".encode()
@@ -225,7 +183,7 @@ async def test_absolute_form_is_served_like_origin_form(target: Target) -> None:
     assert [r.target for r in received] == ["/private?q=1"]
 
 
-async def test_http_1_0_without_host(target: Target, logs: LogCheck) -> None:
+async def test_http_1_0_without_host(target: RawTarget, logs: LogCheck) -> None:
     answer, received = await target.send(b"GET /public/x HTTP/1.0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200")
     (forwarded,) = received
@@ -237,7 +195,7 @@ async def test_http_1_0_without_host(target: Target, logs: LogCheck) -> None:
     logs.assert_clean()
 
 
-async def test_percent_encoded_crlf_never_becomes_a_header(target: Target) -> None:
+async def test_percent_encoded_crlf_never_becomes_a_header(target: RawTarget) -> None:
     answer, received = await target.send(
         b"GET /public/x%0d%0aX-Forwarded-User:%20admin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     )
@@ -248,7 +206,7 @@ async def test_percent_encoded_crlf_never_becomes_a_header(target: Target) -> No
 
 
 async def test_forwarding_headers_from_an_untrusted_client_are_replaced(
-    target: Target, logs: LogCheck
+    target: RawTarget, logs: LogCheck
 ) -> None:
     """X-Forwarded-* from a peer outside `trusted_proxies` are rewritten; X-Forwarded-Host is then the
     client's own Host header, which is as much the client's choice (SECURITY.md says so)."""
@@ -264,7 +222,7 @@ async def test_forwarding_headers_from_an_untrusted_client_are_replaced(
     logs.assert_clean()
 
 
-async def test_a_refused_request_is_not_quoted_back(target: Target) -> None:
+async def test_a_refused_request_is_not_quoted_back(target: RawTarget) -> None:
     marker = b"_authproxy=SECRETSEALEDVALUE"
     answer, _ = await target.send(GET + b"Cookie: " + marker + b"; pad=" + b"x" * 9000 + b"\r\n\r\n")
     assert status_of(answer) == 400
@@ -301,7 +259,7 @@ async def test_expect_100_continue_to_an_upstream_that_speaks_it(proxy_factory: 
     assert status_of(final) == 200 and b'"body_length": 3' in final
 
 
-async def test_expect_100_continue_without_a_session_is_refused(target: Target, logs: LogCheck) -> None:
+async def test_expect_100_continue_without_a_session_is_refused(target: RawTarget, logs: LogCheck) -> None:
     _, final = await expect_continue(target.port, "/private", b"abc", "Accept: application/json\r\n")
     assert status_of(final) == 401
     assert target.upstream.requests() == []
@@ -309,7 +267,7 @@ async def test_expect_100_continue_without_a_session_is_refused(target: Target, 
 
 
 async def test_expect_100_continue_to_an_upstream_without_interim_answers(
-    target: Target, logs: LogCheck
+    target: RawTarget, logs: LogCheck
 ) -> None:
     """The proxy answers the client's expectation itself; the body must then reach an upstream that sends
     no interim answer of its own (RFC 9110, section 10.1.1, allows that), rather than both ends waiting."""
@@ -324,56 +282,21 @@ async def test_expect_100_continue_to_an_upstream_without_interim_answers(
 # --- slow clients --------------------------------------------------------------------------------------
 
 
-async def test_unfinished_headers_are_bounded_by_a_short_timeout(target: Target) -> None:
+async def test_unfinished_headers_are_bounded_by_a_short_timeout(target: RawTarget) -> None:
     _, writer = await asyncio.open_connection("127.0.0.1", target.port)
     try:
         writer.write(GET + b"X-Slow: ")
         await asyncio.sleep(0.1)
-        handlers = target.proxy.runner.server.connections  # type: ignore[union-attr]
+        server = target.proxy.runner.server
+        assert server is not None
+        handlers = server.connections
         assert handlers
         assert max(handler.keepalive_timeout for handler in handlers) <= 75
     finally:
         writer.transport.abort()
 
 
-async def test_keepalive_timeout_closes_a_slowloris_connection(devidp: DevIdp, echo_url: str) -> None:
-    """The fix proposed above works: with a keep-alive timeout, unfinished headers are cut off."""
-    proxy_app = build_app(_config(devidp.url, echo_url))
-    runner = web.AppRunner(
-        proxy_app, access_log_class=AccessLogger, handle_signals=False, keepalive_timeout=0.4
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        started = time.monotonic()
-        writer.write(GET)
-        for _ in range(10):  # a header line every 0.1 s never resets the timer
-            await asyncio.sleep(0.1)
-            if reader.at_eof():
-                break
-            writer.write(b"X-Drip: 1\r\n")
-        assert await asyncio.wait_for(reader.read(), 2) == b""
-        assert time.monotonic() - started < 1.5
-        writer.transport.abort()
-    finally:
-        await runner.cleanup()
-
-
-def _config(idp_url: str, upstream_url: str) -> Config:
-    return Config(
-        server={"listen": f"127.0.0.1:{free_port()}", "public_url": "http://127.0.0.1"},
-        centralauth={"base_url": idp_url, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
-        session={"cookie_secrets": [COOKIE_SECRET], "cookie_secure": False},
-        upstreams=[{"path": "/", "url": upstream_url}],
-        routes={"skip_auth": ["^/public/"]},
-        logging={"format": "console", "level": "warning", "access_log": False},
-    )
-
-
-async def test_a_stalled_request_body_is_given_up(target: Target, logs: LogCheck) -> None:
+async def test_a_stalled_request_body_is_given_up(target: RawTarget, logs: LogCheck) -> None:
     """A client that sends headers and then stops must not hold an upstream connection for ever: enough of
     them would exhaust the upstream pool (512) and turn every other request into a 504."""
     reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
@@ -432,7 +355,9 @@ async def test_malformed_requests_leave_no_traceback_in_the_served_log(served: S
     assert log_problems(served.log()) == []
 
 
-async def test_console_access_log_cannot_be_forged(target: Target, capfd: pytest.CaptureFixture[str]) -> None:
+async def test_console_access_log_cannot_be_forged(
+    target: RawTarget, capfd: pytest.CaptureFixture[str]
+) -> None:
     capfd.readouterr()
     await target.send(
         b"GET /public/x%0d%0a2026-01-01T00:00:00Z%20access%20GET%20/forged HTTP/1.1\r\nHost: a\r\n\r\n"

@@ -22,7 +22,7 @@ import structlog
 from support.harness import free_port
 
 from authproxy import cli, logs, server
-from authproxy.config import load
+from authproxy.config import Config, load
 from authproxy.config_checks import client_id_problem, config_warnings, is_placeholder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -381,7 +381,12 @@ def test_serve_logs_each_warning_before_it_starts(tmp_path: Path, monkeypatch: p
     started: list[str] = []
     # Neither global logging nor a real server: the events are captured and run() only records its call.
     monkeypatch.setattr(logs, "configure", lambda *args: None)
-    monkeypatch.setattr(server, "run", lambda path, config: started.append(path) or 0)
+
+    def run(path: str, config: Config) -> int:
+        started.append(path)
+        return 0
+
+    monkeypatch.setattr(server, "run", run)
     path = write(tmp_path, RISKY_SERVE)
     with structlog.testing.capture_logs() as events:
         assert cli.main(["serve", "-c", str(path)]) == 0
@@ -425,3 +430,101 @@ def test_serve_as_a_process_logs_config_warning_events(tmp_path: Path) -> None:
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+@pytest.mark.parametrize(
+    ("host", "cookie_domain", "warned"),
+    [
+        ("admin.example.com", "", True),
+        ("admin.example.com", ".example.com", False),
+        ("admin.example.com", "example.com", False),
+        ("*.example.com", ".example.com", False),
+        ("admin.other.test", ".example.com", True),
+        ("app.example.com", "", False),  # public_url's own host needs no shared cookie
+        ("", "", False),
+    ],
+)
+def test_a_routed_host_the_session_cookie_cannot_reach_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str, cookie_domain: str, warned: bool
+) -> None:
+    text = VALID.replace("[session]", f'[session]\ncookie_domain = "{cookie_domain}"')
+    text += f'\n[[routes]]\nhost = "{host}"\npath = "/admin/"\n'
+    code, _, err = check(write(tmp_path, text), capsys)
+    assert code == 0
+    if warned:
+        (line,) = err.splitlines()
+        assert line.startswith("warning: routes[0].host: ") and "session.cookie_domain" in line
+    else:
+        assert err == ""
+
+
+def test_show_routes_prints_the_route_table_and_the_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blog = '[[routes]]\npath = "/blog"\nauth = "optional"\n'
+    api = '[[routes]]\npath = "~^/api/v[0-9]+/"\napi = true\n'
+    text = f"{VALID}\n{blog}\n{api}"
+    code, out, _ = check(write(tmp_path, text), capsys, "--show-routes")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1].startswith("#0  any host, path /blog, any method") and "auth optional" in lines[1]
+    assert lines[2].startswith("#1  any host, path ~^/api/v[0-9]+/, any method") and "api" in lines[2]
+    assert lines[3].startswith("default  any other request")
+    assert lines[4] == "upstream  / -> http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("route", "key"),
+    [
+        ('path = "~([unclosed"', "routes[0].path"),
+        ('path = "admin"', "routes[0].path"),
+        ('path = "~^/x"\nstrip_prefix = true', "routes[0].path"),
+        ('host = "bad host"', "routes[0].host"),
+        ('auth = "sometimes"', "routes[0].auth"),
+        ('methods = ["GET /"]', "routes[0].methods"),
+        ("session_check_ttl = -1", "routes[0].session_check_ttl"),
+        ("step_up_max_age = 0", "routes[0].step_up_max_age"),
+        ('upstream = "ftp://x"', "routes[0].upstream"),
+        ("colour = 1", "routes[0].colour"),
+    ],
+)
+def test_a_bad_route_names_its_key_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], route: str, key: str
+) -> None:
+    code, out, err = check(write(tmp_path, VALID + f"\n[[routes]]\n{route}\n"), capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines()[0].startswith(f"{key}: "), err
+    assert "Traceback" not in err
+
+
+def test_an_environment_override_of_routes_keeps_the_route_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from authproxy.config import load
+
+    route = 'host = "admin.example.com"\npath = "/admin/"\nallowed_emails = ["boss@example.com"]'
+    text = f"{VALID}\n[[routes]]\n{route}\n"
+    monkeypatch.setenv("AUTHPROXY_ROUTES__KEEP_PATH_PARAMETERS", "true")
+    config = load(write(tmp_path, text))
+    assert config.routes.keep_path_parameters is True
+    assert [route.allowed_emails for route in config.routes.table] == [["boss@example.com"]]
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        'allowed_email_domains = ["example.com"]',
+        "require_verified_email = true",
+        "session_check_ttl = 0",
+        "step_up_max_age = 60",
+        'allowed_emails = ["a@example.com"]',
+    ],
+)
+def test_a_public_route_takes_no_session_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str
+) -> None:
+    code, _, err = check(
+        write(tmp_path, VALID + f'\n[[routes]]\npath = "/x/"\nauth = "public"\n{setting}\n'), capsys
+    )
+    assert code == 2
+    assert err.startswith("routes[0].auth: a public route reads no session")

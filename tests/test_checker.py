@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from typing import Any
 
 import pytest
 
+from authproxy.core.user import User
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
 from authproxy.provider.checker import SessionChecker, SessionKnownDead
-from authproxy.provider.user import User
 
 USER = User("u1", "ada@example.com", True, False, "org", None)
 
@@ -34,8 +35,8 @@ class Backend:
         return self.answer
 
 
-def make(backend: Backend, now: list[float], **kwargs: float) -> SessionChecker:
-    return SessionChecker(backend.fetch, clock=lambda: now[0], **{"ttl": 30.0, **kwargs})  # type: ignore[arg-type]
+def make(backend: Backend, now: list[float], *, ttl: float = 30.0, **kwargs: Any) -> SessionChecker:
+    return SessionChecker(backend.fetch, clock=lambda: now[0], ttl=ttl, **kwargs)
 
 
 async def test_key_is_token_ip_and_agent() -> None:

@@ -25,7 +25,7 @@ from support.chaos import exchange, status_of
 from support.harness import BROWSER_UA, HTML, Proxy
 
 from authproxy.cookies import ConflictingCookies, CookieValues
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 ADA = "ada@example.com"
 EVE = "eve@example.com"
@@ -37,7 +37,7 @@ async def sealed_session(proxy: Proxy, email: str) -> str:
 
     Read by hand: a client cookie jar would drop a cookie for `example.test` set by 127.0.0.1.
     """
-    name = proxy.app[RUNTIME].cookie.name
+    name = proxy.app[LIVE].runtime.cookie.name
     jar = aiohttp.CookieJar(unsafe=True)  # for the login transaction's cookie, set by 127.0.0.1
     async with aiohttp.ClientSession(
         cookie_jar=jar, headers={"User-Agent": BROWSER_UA, "Accept": HTML}
@@ -97,7 +97,7 @@ def assert_refused(answer: Answer, *, domain: str | None = DOMAIN) -> None:
 async def shared(proxy_factory: ProxyFactory) -> tuple[Proxy, str, str]:
     """A proxy with a shared cookie domain, and valid sessions for ada (the user) and eve (the planter)."""
     proxy = await proxy_factory(session={"cookie_domain": DOMAIN})
-    assert proxy.app[RUNTIME].cookie.name == "_authproxy"
+    assert proxy.app[LIVE].runtime.cookie.name == "_authproxy"
     return proxy, await sealed_session(proxy, ADA), await sealed_session(proxy, EVE)
 
 
@@ -216,7 +216,7 @@ async def test_without_a_cookie_domain_only_the_host_only_copy_is_expired(
 
 async def test_with_the_host_prefix_the_rule_is_the_same(proxy_factory: ProxyFactory) -> None:
     proxy = await proxy_factory(session={"cookie_secure": True})
-    name = proxy.app[RUNTIME].cookie.name
+    name = proxy.app[LIVE].runtime.cookie.name
     assert name == "__Host-_authproxy"
     answer = await send(proxy, [f"{name}=a; {name}=b".encode()])
     assert answer.status == 400

@@ -81,7 +81,8 @@ def chart(overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
 
 def config_argument(spec: dict[str, Any]) -> str:
     """The file after `-c` in a container's arguments (or a compose command)."""
-    arguments = spec.get("args") or spec.get("command")
+    arguments: list[str] | None = spec.get("args") or spec.get("command")
+    assert arguments is not None, spec
     return arguments[arguments.index("-c") + 1]
 
 
@@ -127,7 +128,8 @@ def proxy_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
-    return deployment["spec"]["template"]["metadata"]["labels"]
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
 
 
 def selects(selector: dict[str, str], deployment: dict[str, Any]) -> bool:
@@ -410,7 +412,9 @@ def test_renderer_matches_real_helm() -> None:
 
 
 def compose() -> dict[str, Any]:
-    return yaml.safe_load((COMPOSE_DIR / "docker-compose.yml").read_text(encoding="utf-8"))
+    text = (COMPOSE_DIR / "docker-compose.yml").read_text(encoding="utf-8")
+    document: dict[str, Any] = yaml.safe_load(text)
+    return document
 
 
 def test_compose_runs_the_proxy_redis_the_fake_and_whoami(
@@ -488,7 +492,8 @@ def test_dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() -> No
 
 def healthcheck_command() -> list[str]:
     (healthcheck,) = stages()[-1].all("HEALTHCHECK")
-    return json.loads(healthcheck.split(" CMD ", 1)[1])
+    command: list[str] = json.loads(healthcheck.split(" CMD ", 1)[1])
+    return command
 
 
 def build_stage_sources() -> list[str]:

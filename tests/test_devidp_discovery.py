@@ -6,9 +6,7 @@ Covers `/.well-known/openid-configuration` (a standard OpenID Connect discovery 
 
 from __future__ import annotations
 
-from typing import Any
-
-from conftest import CLIENT_ID, DevIdp
+from conftest import CLIENT_ID, DevIdp, DevIdpFactory
 
 
 async def test_discovery_document_advertises_the_fakes_own_endpoints(devidp: DevIdp) -> None:
@@ -26,7 +24,7 @@ async def test_discovery_document_advertises_the_fakes_own_endpoints(devidp: Dev
     }
 
 
-async def test_discovery_document_uses_the_public_url_when_configured(devidp_factory: Any) -> None:
+async def test_discovery_document_uses_the_public_url_when_configured(devidp_factory: DevIdpFactory) -> None:
     devidp = await devidp_factory(public_url="https://auth.example.com/")
     document = (await devidp.call("GET", "/.well-known/openid-configuration")).json()
     assert document["issuer"] == "https://auth.example.com"

@@ -84,13 +84,13 @@ async def test_oversized_login_form_is_refused_cleanly(devidp: DevIdp) -> None:
 
 
 async def test_unexpected_exceptions_become_generic_errors(
-    devidp: DevIdp, caplog: pytest.LogCaptureFixture
+    devidp: DevIdp, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from authproxy.devidp.context import CONTEXT
 
     tokens = await devidp.sign_in()
     # Sabotage the store so userinfo crashes; the client must still get an error object.
-    devidp.app[CONTEXT].store.sessions = None
+    monkeypatch.setattr(devidp.app[CONTEXT].store, "sessions", None)
     reply = await devidp.userinfo(tokens.access_token)
     assert reply.status == 500
     assert reply.json() == {"errorCode": "genericError", "message": "Internal server error"}

@@ -8,9 +8,8 @@ always a 4xx error object (or a 2xx), never a server error or a dropped connecti
 from __future__ import annotations
 
 import base64
-from typing import Any
 
-from conftest import DevIdp, basic
+from conftest import DevIdp, Reply, basic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +38,7 @@ CONTENT_TYPES = st.sampled_from(
 )
 
 
-def assert_clean(reply: Any) -> None:
+def assert_clean(reply: Reply) -> None:
     assert reply.status < 500, reply.text
     if reply.status >= 400:
         assert reply.json()["errorCode"] in ERROR_CODES

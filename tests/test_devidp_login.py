@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import APP, BROWSER_IP, BROWSER_UA, CALLBACK, CLIENT_ID, DevIdp
+from conftest import APP, BROWSER_IP, BROWSER_UA, CALLBACK, CLIENT_ID, DevIdp, DevIdpFactory
 from yarl import URL
 
 
@@ -287,7 +287,7 @@ async def test_plain_login_callback_has_no_affirm_flag(devidp: DevIdp) -> None:
     assert "affirm" not in login.callback.query
 
 
-async def test_native_app_login_is_admitted_on_its_registered_link(devidp_factory: Any) -> None:
+async def test_native_app_login_is_admitted_on_its_registered_link(devidp_factory: DevIdpFactory) -> None:
     from authproxy.devidp import AppRegistration
 
     app = AppRegistration(type="desktop", bundle_id="com.example.desk", app_link="http://localhost:12120")

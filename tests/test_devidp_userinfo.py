@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
 
 import pytest
-from conftest import APP, BROWSER_IP, BROWSER_UA, CALLBACK, CLIENT_ID, CLIENT_SECRET, OTHER_APP, DevIdp, basic
+from conftest import (
+    APP,
+    BROWSER_IP,
+    BROWSER_UA,
+    CALLBACK,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    OTHER_APP,
+    DevIdp,
+    DevIdpFactory,
+    Reply,
+    basic,
+)
 
 from authproxy.devidp import AppRegistration
 from authproxy.devidp.tokens import encrypt
@@ -21,9 +32,10 @@ from authproxy.devidp.tokens import encrypt
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
-def error_code(reply: Any) -> str:
+def error_code(reply: Reply) -> str:
     assert reply.headers["Content-Type"].startswith("application/json"), reply.text
-    return reply.json()["errorCode"]
+    code: str = reply.json()["errorCode"]
+    return code
 
 
 async def test_user_object_has_the_documented_fields(devidp: DevIdp) -> None:
@@ -257,7 +269,7 @@ async def test_disabled_hijack_checks_and_equivalent_ips_pass(
     assert (await devidp.userinfo(tokens.access_token, **mismatch)).status == 200
 
 
-async def test_native_device_id_is_compared(devidp_factory: Any) -> None:
+async def test_native_device_id_is_compared(devidp_factory: DevIdpFactory) -> None:
     app = AppRegistration(type="mobile", bundle_id="com.example.app", app_link=f"{APP}/native")
     devidp = await devidp_factory(app_registrations=[app])
     tokens = await devidp.sign_in(redirect_uri=f"{APP}/native", app_id="com.example.app", device_id="phone-1")

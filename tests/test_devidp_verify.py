@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import APP, CALLBACK, CLIENT_ID, CLIENT_SECRET, OTHER_APP, DevIdp, basic
+from conftest import APP, CALLBACK, CLIENT_ID, CLIENT_SECRET, OTHER_APP, DevIdp, DevIdpFactory, basic
 from joserfc import jwe
 from joserfc.jwk import OctKey
 
@@ -29,7 +29,8 @@ ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 def decrypt(token: str, secret: str = CLIENT_SECRET) -> dict[str, Any]:
     plaintext = jwe.decrypt_compact(token, OctKey.import_key(secret.encode())).plaintext
     assert plaintext is not None
-    return json.loads(plaintext)
+    claims: dict[str, Any] = json.loads(plaintext)
+    return claims
 
 
 async def league_verify(devidp: DevIdp, code: str, verifier: str, redirect_uri: str = CALLBACK) -> Any:
@@ -79,7 +80,7 @@ async def test_json_body_and_43_character_verifier_are_accepted(devidp: DevIdp) 
     assert reply.status == 200, reply.text
 
 
-async def test_basic_credentials_are_split_at_the_first_colon(devidp_factory: Any) -> None:
+async def test_basic_credentials_are_split_at_the_first_colon(devidp_factory: DevIdpFactory) -> None:
     secret = "ab:" + "c" * 61
     devidp = await devidp_factory(client_secret=secret)
     login = await devidp.login()
@@ -125,7 +126,7 @@ async def test_wrong_body_secret_is_refused(devidp: DevIdp) -> None:
     assert reply.json()["errorCode"] == "noPermission"
 
 
-async def test_native_app_code_is_exchanged_without_credentials(devidp_factory: Any) -> None:
+async def test_native_app_code_is_exchanged_without_credentials(devidp_factory: DevIdpFactory) -> None:
     app = AppRegistration(
         type="mobile", bundle_id="com.example.app", app_link="https://app.example.com/native"
     )
@@ -137,7 +138,7 @@ async def test_native_app_code_is_exchanged_without_credentials(devidp_factory: 
     assert reply.status == 200, reply.text
 
 
-async def test_native_context_in_the_query_must_match_the_login(devidp_factory: Any) -> None:
+async def test_native_context_in_the_query_must_match_the_login(devidp_factory: DevIdpFactory) -> None:
     app = AppRegistration(type="desktop", bundle_id="com.example.desk", app_link="http://localhost:12120")
     devidp = await devidp_factory(app_registrations=[app])
     for device, expected in (("other-device", 400), ("dev-1", 200)):

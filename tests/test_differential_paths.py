@@ -1,6 +1,6 @@
 """Differential path tests: no spelling of a path reaches a protected resource anonymously, on real upstreams.
 
-The proxy judges one canonical path (`authproxy.paths.canonical_target`) and forwards exactly that path.
+The proxy judges one canonical path (`authproxy.core.paths.canonical_target`) and forwards exactly that path.
 These tests check the other half of the bargain, which no unit test can: that the servers behind it
 route that path to the resource the rules judged. Four real upstreams run on loopback (Tomcat 10, Jetty
 9, nginx, aiohttp; see support/servlets.py), each with `/public/*`, `/admin/*` and a default resource
@@ -29,12 +29,13 @@ from urllib.parse import unquote
 
 import pytest
 from conftest import ProxyFactory
+from pytest_aiohttp import AiohttpServer
 from support import servlets
 from support.harness import BROWSER_UA, Browser, Proxy
 from support.servlets import PROBE_HEADER, RecordingRelay, Upstreams, make_routing_app, parse_nginx_line
 
-from authproxy import paths
-from authproxy.runtime import RUNTIME
+from authproxy.core import paths
+from authproxy.runtime import LIVE
 
 # The session-scoped Tomcat, Jetty and nginx (started together, once).
 upstream_servers = servlets.upstream_servers
@@ -478,7 +479,7 @@ class Bench:
         try:
             status, _, page = await browser.login(f"{self.proxy.url}/", EMAIL)
             assert status == 200, page[:500]
-            name = self.proxy.app[RUNTIME].cookie.name
+            name = self.proxy.app[LIVE].runtime.cookie.name
             value = browser.cookie(name)
             assert value, "no session cookie after the login"
         finally:
@@ -508,7 +509,7 @@ BenchFactory = Callable[[str], Awaitable[Bench]]
 
 @pytest.fixture
 async def bench_factory(
-    request: pytest.FixtureRequest, proxy_factory: ProxyFactory, aiohttp_server: Any
+    request: pytest.FixtureRequest, proxy_factory: ProxyFactory, aiohttp_server: AiohttpServer
 ) -> AsyncIterator[BenchFactory]:
     relays: list[RecordingRelay] = []
     probes = itertools.count(1)
@@ -547,7 +548,7 @@ DIRECT = [
 
 @pytest.mark.parametrize("upstream", UPSTREAM_NAMES)
 async def test_each_upstream_routes_and_reports_as_expected(
-    upstream: str, request: pytest.FixtureRequest, aiohttp_server: Any
+    upstream: str, request: pytest.FixtureRequest, aiohttp_server: AiohttpServer
 ) -> None:
     """Without the proxy: each server answers every resource with the JSON the differential tests read."""
     if upstream == "aiohttp":

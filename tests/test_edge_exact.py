@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 from conftest import ProxyFactory
-from support.chaos import RawRequest, RawServer, exchange, send_raw, status_of
-from support.harness import BROWSER_UA, Browser, Proxy
+from support.chaos import RawRequest, RawServer, RawTarget, send_raw, status_of
+from support.harness import BROWSER_UA
+from support.logins import signed_in
 
-from authproxy.headers import spelling_variants
-from authproxy.runtime import RUNTIME
+from authproxy.core.headers import spelling_variants
 
 PUBLIC = b"GET /public/x HTTP/1.1\r\nHost: a\r\n"
 FOREIGN = [
@@ -51,42 +50,15 @@ FOREIGN = [
 ]
 
 
-@dataclass
-class Edge:
-    proxy: Proxy
-    upstream: RawServer
-
-    @property
-    def port(self) -> int:
-        return int(self.proxy.url.rsplit(":", 1)[1])
-
-    async def send(self, data: bytes) -> tuple[bytes, list[RawRequest]]:
-        before = len(self.upstream.seen)
-        answer = await exchange(self.port, data, wait=0.3)
-        await asyncio.sleep(0.05)
-        assert self.upstream.malformed == []
-        return answer, self.upstream.seen[before:]
-
-    async def cookie(self) -> str:
-        browser = Browser()
-        try:
-            status, _, _ = await browser.login(f"{self.proxy.url}/", "ada@example.com")
-            assert status == 200
-            name = self.proxy.app[RUNTIME].cookie.name
-            return f"{name}={browser.cookie(name)}"
-        finally:
-            await browser.close()
-
-
 @pytest.fixture
-async def edge(proxy_factory: ProxyFactory) -> AsyncIterator[Edge]:
+async def edge(proxy_factory: ProxyFactory) -> AsyncIterator[RawTarget]:
     upstream = await RawServer().start()
     proxy = await proxy_factory(
         routes={"skip_auth": ["^/public/"]},
         upstreams=[{"url": upstream.url, "timeout": 2}],
         headers={"strip_extra": ["X-App-Tenant"]},
     )
-    yield Edge(proxy, upstream)
+    yield RawTarget(proxy, upstream)
     await upstream.stop()
 
 
@@ -100,7 +72,7 @@ def raw_header(request: RawRequest, name: bytes) -> list[bytes]:
     return found
 
 
-async def test_foreign_identity_ip_and_scheme_headers_never_reach_the_app(edge: Edge) -> None:
+async def test_foreign_identity_ip_and_scheme_headers_never_reach_the_app(edge: RawTarget) -> None:
     lines = [f"{variant}: spoofed\r\n".encode() for name in FOREIGN for variant in spelling_variants(name)]
     for start in range(0, len(lines), 60):  # the parser takes at most 100 header lines
         batch = b"".join(lines[start : start + 60])
@@ -110,7 +82,7 @@ async def test_foreign_identity_ip_and_scheme_headers_never_reach_the_app(edge: 
         assert b"spoofed" not in forwarded.head
 
 
-async def test_non_utf8_header_bytes_arrive_unchanged(edge: Edge) -> None:
+async def test_non_utf8_header_bytes_arrive_unchanged(edge: RawTarget) -> None:
     answer, received = await edge.send(
         PUBLIC + b"X-Test: a\xffb\r\nX-Latin: caf\xe9\r\nX-Utf8: caf\xc3\xa9\r\nConnection: close\r\n\r\n"
     )
@@ -121,7 +93,7 @@ async def test_non_utf8_header_bytes_arrive_unchanged(edge: Edge) -> None:
     assert raw_header(forwarded, b"x-utf8") == [b"caf\xc3\xa9"]
 
 
-async def test_a_look_alike_of_the_session_cookie_is_not_turned_into_it(edge: Edge) -> None:
+async def test_a_look_alike_of_the_session_cookie_is_not_turned_into_it(edge: RawTarget) -> None:
     """`_authproxy\\xff` is not the proxy's cookie, so it passes, but as sent: never as `_authproxy`."""
     answer, received = await edge.send(
         PUBLIC + b"Cookie: _authproxy\xff=SECRET; app=1\r\nConnection: close\r\n\r\n"
@@ -132,8 +104,8 @@ async def test_a_look_alike_of_the_session_cookie_is_not_turned_into_it(edge: Ed
     assert b"_authproxy=SECRET" not in forwarded.head
 
 
-async def test_the_session_cookie_is_stripped_by_its_exact_name(edge: Edge) -> None:
-    cookie = await edge.cookie()
+async def test_the_session_cookie_is_stripped_by_its_exact_name(edge: RawTarget) -> None:
+    cookie = (await signed_in(edge.proxy)).header
     answer, received = await edge.send(
         f"GET /private HTTP/1.1\r\nHost: a\r\nUser-Agent: {BROWSER_UA}\r\n".encode()
         + b"Cookie: a=1;"
@@ -149,7 +121,7 @@ async def test_the_session_cookie_is_stripped_by_its_exact_name(edge: Edge) -> N
     "name",
     ["Content_Length", "content.length", "Transfer_Encoding", "Transfer.Encoding", "Keep_Alive", "expect"],
 )
-async def test_framing_look_alikes_are_not_forwarded(edge: Edge, name: str) -> None:
+async def test_framing_look_alikes_are_not_forwarded(edge: RawTarget, name: str) -> None:
     answer, received = await edge.send(
         b"POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
         + name.encode()
@@ -165,7 +137,7 @@ async def test_framing_look_alikes_are_not_forwarded(edge: Edge, name: str) -> N
     assert raw_header(forwarded, b"content-length") == [b"3"]
 
 
-async def test_expect_is_answered_by_the_proxy_and_never_forwarded(edge: Edge) -> None:
+async def test_expect_is_answered_by_the_proxy_and_never_forwarded(edge: RawTarget) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
     try:
         writer.write(
@@ -198,7 +170,7 @@ async def test_expect_is_answered_by_the_proxy_and_never_forwarded(edge: Edge) -
         b"/public/%0d%0aX:%20y",
     ],
 )
-async def test_ambiguous_targets_are_refused_and_forward_nothing(edge: Edge, target: bytes) -> None:
+async def test_ambiguous_targets_are_refused_and_forward_nothing(edge: RawTarget, target: bytes) -> None:
     answer, received = await edge.send(
         b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     )
@@ -206,7 +178,7 @@ async def test_ambiguous_targets_are_refused_and_forward_nothing(edge: Edge, tar
     assert received == []
 
 
-async def test_the_upstream_receives_the_canonical_path_and_the_query_as_sent(edge: Edge) -> None:
+async def test_the_upstream_receives_the_canonical_path_and_the_query_as_sent(edge: RawTarget) -> None:
     answer, received = await edge.send(
         b"GET //public/./%61b;jsessionid=1/c/..?q=%2F..%2f&x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     )
@@ -222,7 +194,7 @@ async def test_parameters_can_be_kept_on_the_wire(proxy_factory: ProxyFactory) -
             routes={"skip_auth": ["^/public/"], "keep_path_parameters": True},
             upstreams=[{"url": upstream.url, "timeout": 2}],
         )
-        edge = Edge(proxy, upstream)
+        edge = RawTarget(proxy, upstream)
         answer, received = await edge.send(
             b"GET /public/a;jsessionid=1/b?x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
         )
@@ -237,7 +209,7 @@ async def test_parameters_can_be_kept_on_the_wire(proxy_factory: ProxyFactory) -
         await upstream.stop()
 
 
-async def test_split_forwarding_header_lines_are_read_as_one_list(edge: Edge) -> None:
+async def test_split_forwarding_header_lines_are_read_as_one_list(edge: RawTarget) -> None:
     """From an untrusted peer every X-Forwarded-* line is replaced, however many there are."""
     answer, received = await edge.send(
         PUBLIC + b"X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-For: 198.51.100.8\r\n"
@@ -251,7 +223,7 @@ async def test_split_forwarding_header_lines_are_read_as_one_list(edge: Edge) ->
     assert raw_header(forwarded, b"x-forwarded-host") == [b"a"]
 
 
-async def test_non_utf8_response_header_bytes_reach_the_client_unchanged(edge: Edge) -> None:
+async def test_non_utf8_response_header_bytes_reach_the_client_unchanged(edge: RawTarget) -> None:
     edge.upstream.behaviour = send_raw(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
         b'Content-Disposition: attachment; filename="caf\xe9.txt"\r\nX-Odd: a\xffb\r\n\r\nok'

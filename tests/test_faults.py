@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ProxyFactory
+from conftest import DevIdp, ProxyFactory
 from support.chaos import (
     Behaviour,
     ChaosRelay,
@@ -36,13 +35,14 @@ from support.chaos import (
     send_raw,
 )
 from support.echo import received_headers
-from support.harness import Browser, Proxy, start_proxy
+from support.harness import Browser, Proxy
+from support.logins import signed_in
 from support.redis_server import RedisServer
 from yarl import URL
 
 from authproxy.devidp.context import CONTEXT
 from authproxy.devidp.faults import Fault
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 EMAIL = "ada@example.com"
 HTML = {"Accept": "text/html"}
@@ -112,39 +112,26 @@ class Stack:
 
     @property
     def cookie_name(self) -> str:
-        return self.proxy.app[RUNTIME].cookie.name
+        return self.proxy.app[LIVE].runtime.cookie.name
 
 
 StackFactory = Callable[..., Awaitable[Stack]]
 
 
 @pytest.fixture
-async def stack(devidp: DevIdp, echo_url: str) -> AsyncIterator[StackFactory]:
+async def stack(devidp: DevIdp, proxy_factory: ProxyFactory) -> AsyncIterator[StackFactory]:
     """A proxy whose CentralAuth is the fake seen through a chaos relay."""
-    made: list[Stack] = []
+    relays: list[ChaosRelay] = []
 
     async def make(**overrides: Any) -> Stack:
         relay = await ChaosRelay(int(URL(devidp.url).port or 0)).start()
-        settings = {"centralauth": {"timeout": TIMEOUT, **overrides.pop("centralauth", {})}, **overrides}
-        proxy = await start_proxy(
-            idp_url=relay.url,
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            upstream_url=echo_url,
-            overrides=settings,
-        )
-        made.append(Stack(relay, proxy))
-        return made[-1]
+        relays.append(relay)
+        centralauth = {"base_url": relay.url, "timeout": TIMEOUT, **overrides.pop("centralauth", {})}
+        return Stack(relay, await proxy_factory(centralauth=centralauth, **overrides))
 
     yield make
-    for item in made:
-        await item.proxy.stop()
-        await item.relay.stop()
-
-
-@pytest.fixture
-def logs(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> LogCheck:
-    return LogCheck(capfd, caplog)
+    for relay in relays:  # the proxies are proxy_factory's to stop
+        await relay.stop()
 
 
 async def get(browser: Browser, url: str, **headers: str) -> tuple[int, str, list[str]]:
@@ -155,11 +142,6 @@ async def get(browser: Browser, url: str, **headers: str) -> tuple[int, str, lis
 
 def identity_of(body: str) -> str:
     return received_headers(json.loads(body)).get("x-forwarded-email", "")
-
-
-async def sign_in(browser: Browser, proxy_url: str) -> None:
-    status, url, _ = await browser.login(f"{proxy_url}/", EMAIL)
-    assert status == 200 and url.path == "/"
 
 
 @pytest.mark.parametrize("on_outage", ["fail-closed", "stale"])
@@ -198,7 +180,7 @@ async def _session_check_case(
     # still holds the answer given at sign-in.
     centralauth = {"session_check_ttl": 0, "on_outage": on_outage, "stale_grace": 60}
     current = await stack(centralauth=centralauth)
-    await sign_in(browser, current.proxy.url)
+    await signed_in(current.proxy, browser, EMAIL)
     cookie = browser.cookie(current.cookie_name)
 
     await fault.inject(devidp, current.relay, "userinfo")
@@ -270,7 +252,7 @@ async def test_sign_out_against_a_silent_centralauth_is_bounded(
 ) -> None:
     """Logout meets a partition on both attempts: the local session still ends, within two timeouts."""
     current = await stack()
-    await sign_in(browser, current.proxy.url)
+    await signed_in(current.proxy, browser, EMAIL)
     current.relay.mode = "blackhole"
     started = time.monotonic()
     status, body, _ = await get(
@@ -328,7 +310,7 @@ async def test_upstream_fault(
         proxy = await proxy_factory(upstreams=[{"url": upstream.url, "timeout": TIMEOUT}])
         status, _, body = await browser.login(f"{proxy.url}/", EMAIL)
         assert status == 200 and body == "raw upstream saw GET / HTTP/1.1"
-        cookie = browser.cookie(proxy.app[RUNTIME].cookie.name)
+        cookie = browser.cookie(proxy.app[LIVE].runtime.cookie.name)
 
         upstream.behaviour = fault.behaviour
         if fault.expected == "truncated":
@@ -345,7 +327,7 @@ async def test_upstream_fault(
         upstream.behaviour = answer_ok
         status, body, _ = await get(browser, f"{proxy.url}/after")
         assert (status, body) == (200, "raw upstream saw GET /after HTTP/1.1")
-        assert browser.cookie(proxy.app[RUNTIME].cookie.name) == cookie
+        assert browser.cookie(proxy.app[LIVE].runtime.cookie.name) == cookie
     finally:
         await upstream.stop()
     logs.assert_clean()
@@ -394,14 +376,6 @@ async def test_interim_answers_from_the_upstream_are_not_the_answer(
 # --- Redis ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize("mode", ["blackhole", "reset", "refuse"])
 async def test_redis_fault(
     proxy_factory: ProxyFactory,
@@ -416,7 +390,7 @@ async def test_redis_fault(
         proxy = await proxy_factory(
             session={"store": "redis", "redis_url": f"redis://127.0.0.1:{relay.port}/0"}
         )
-        await sign_in(browser, proxy.url)
+        await signed_in(proxy, browser, EMAIL)
         relay.mode = mode
         started = time.monotonic()
         status, body, set_cookies = await get(browser, f"{proxy.url}/during", **HTML)

@@ -7,13 +7,9 @@ import re
 from aiohttp import ClientSession
 from conftest import DevIdp, ProxyFactory
 from support.harness import Browser, Proxy, free_port
+from support.logins import signed_in
 
 JSON = {"Accept": "application/json"}
-
-
-async def signed_in(proxy: Proxy, browser: Browser, email: str = "ada@example.com") -> None:
-    status, _, _ = await browser.login(f"{proxy.url}/", email)
-    assert status == 200
 
 
 async def test_auth_202_with_identity_when_signed_in(proxy: Proxy, browser: Browser) -> None:

@@ -15,24 +15,25 @@ import base64
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import ClientSession, DummyCookieJar
+from aiohttp import ClientSession
 from conftest import ProxyFactory
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from support.chaos import LogCheck, exchange, status_of
 from support.harness import Proxy
 from support.redis_server import RedisServer
+from support.sessions import NOW, session
 from yarl import URL
 
-from authproxy.runtime import RUNTIME
-from authproxy.session import CookieStore, Sealer, Session
+from authproxy.core.seal import Sealer
+from authproxy.core.transaction import MAX_PENDING, STATE_RE, TTL, LoginTransaction, TransactionCookies
+from authproxy.runtime import LIVE
 from authproxy.session.redis import KEY_PREFIX, RedisStore
 from authproxy.session.redis import make_client as make_redis_client
-from authproxy.transaction import MAX_PENDING, STATE_RE, TTL, LoginTransaction, TransactionCookies
+from authproxy.session.store import CookieStore
 
 # FUZZ_EXAMPLES=5000 for a long hunt; the default keeps `make test` quick.
 FUZZ = settings(
@@ -42,19 +43,6 @@ FUZZ = settings(
 )
 SECRET = "fuzz-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 OTHER_SECRET = "another-secret-0123456789abcdefghijklmnopqrstu"
-NOW = 1_900_000_000.0
-
-
-def session(**overrides: object) -> Session:
-    values: dict[str, object] = {
-        "access_token": "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2Q0JDLUhTNTEyIn0..iv.ciphertext.tag",
-        "user_id": "6f1c2b9e-0d1e-4c5a-9a57-1d2f3e4a5b6c",
-        "email": "ada@example.com",
-        "created_at": NOW - 10,
-        "expires_at": NOW + 3600,
-    }
-    values.update(overrides)
-    return Session(**values)  # type: ignore[arg-type]
 
 
 def flip(value: str, index: int) -> str:
@@ -64,14 +52,6 @@ def flip(value: str, index: int) -> str:
 
 
 # --- the Redis store's cookie reference and record -----------------------------------------------------
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -144,6 +124,7 @@ async def test_redis_store_tampered_records(
     client = store.client
     (key,) = await client.keys(KEY_PREFIX + "*")
     record = await client.get(key)
+    assert isinstance(record, bytes)
     try:
         tampered = bytearray(record)
         tampered[index % len(tampered)] ^= 0x01 << (index % 8)
@@ -163,8 +144,10 @@ async def test_redis_store_record_moved_to_another_session(redis_store: tuple[Re
     keys = await client.keys(KEY_PREFIX + "*")
     records = {key: await client.get(key) for key in keys}
     first, second = keys
-    await client.set(first, records[second])
-    await client.set(second, records[first])
+    first_record, second_record = records[first], records[second]
+    assert isinstance(first_record, bytes) and isinstance(second_record, bytes)
+    await client.set(first, second_record)
+    await client.set(second, first_record)
     assert await store.load(value) is None
     assert await store.load(other) is None
 
@@ -271,17 +254,6 @@ def test_surplus_keeps_room_for_one_more_login(cookies: dict[str, str], fresh: i
 # --- the running proxy ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[ClientSession]:
-    async with ClientSession(cookie_jar=DummyCookieJar()) as session:
-        yield session
-
-
-@pytest.fixture
-def logs(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> LogCheck:
-    return LogCheck(capfd, caplog)
-
-
 QUERY_KEYS = st.one_of(
     st.sampled_from(["code", "state", "error", "error_description", "iss", "session_state", "rd"]),
     st.text(max_size=12),
@@ -317,7 +289,7 @@ async def test_callback_with_generated_queries(
 ) -> None:
     """Never a 5xx, never a session: with and without a genuine pending login (so that a generated
     `code` is really exchanged with CentralAuth under a valid state)."""
-    runtime = proxy.app[RUNTIME]
+    runtime = proxy.app[LIVE].runtime
     headers = {"Accept": accept}
     if with_login:
         async with http.get(f"{proxy.url}/oauth2/start", allow_redirects=False) as response:
@@ -452,7 +424,7 @@ async def fuzz_proxy(proxy_factory: ProxyFactory) -> Proxy:
 async def test_generated_requests_never_escape_as_a_500(
     fuzz_proxy: Proxy, logs: LogCheck, data: st.DataObject | None
 ) -> None:
-    runtime = fuzz_proxy.app[RUNTIME]
+    runtime = fuzz_proxy.app[LIVE].runtime
     port = int(fuzz_proxy.url.rsplit(":", 1)[1])
     if data is None:  # a fixed case: a sign-out carrying an Origin that does not parse as a URL
         raw = b"GET /oauth2/sign_out HTTP/1.1\r\nHost: p\r\nOrigin: http://[\r\nConnection: close\r\n\r\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 import pytest
 from support.rawupstream import Conn, RawUpstream, Request
@@ -45,10 +46,10 @@ async def fetch(pool: h1.Pool, origin: h1.Origin, target: str, method: str = "GE
         response.release()
 
 
-async def until(condition: object, within: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
     """Wait until `condition()` holds: it watches sockets and state that no event signals."""
     async with asyncio.timeout(within):
-        while not condition():  # type: ignore[operator]  # noqa: ASYNC110
+        while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
 
 

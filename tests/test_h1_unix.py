@@ -4,6 +4,7 @@ their TLS settings become origins."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -90,20 +91,20 @@ def test_origins_of_urls() -> None:
     assert (origin.port, origin.tls, origin.host_header, prefix) == (8080, False, "127.0.0.1:8080", "")
     origin, _ = h1.Origin.split("http://[::1]:81/")
     assert (origin.host, origin.host_header) == ("::1", "[::1]:81")
-    settings = {
+    settings: dict[str, Any] = {
         "ca_file": "/ca.pem",
         "verify": True,
         "server_name": "app.test",
         "client_cert_file": "/c.pem",
         "client_key_file": "/c.key",
     }
-    origin, _ = h1.Origin.split("https://10.0.0.1:8443", **settings)  # type: ignore[arg-type]
+    origin, _ = h1.Origin.split("https://10.0.0.1:8443", **settings)
     assert (origin.ca_file, origin.server_name, origin.client_cert_file) == ("/ca.pem", "app.test", "/c.pem")
     # Equal settings, equal origins (one pool of connections); any difference, another pool.
-    same, _ = h1.Origin.split("https://10.0.0.1:8443/other", **settings)  # type: ignore[arg-type]
+    same, _ = h1.Origin.split("https://10.0.0.1:8443/other", **settings)
     assert same == origin and hash(same) == hash(origin)
     for changed in ({"ca_file": ""}, {"server_name": "x.test"}, {"verify": False}):
-        other, _ = h1.Origin.split("https://10.0.0.1:8443", **{**settings, **changed})  # type: ignore[arg-type]
+        other, _ = h1.Origin.split("https://10.0.0.1:8443", **{**settings, **changed})
         assert other != origin
 
 
@@ -121,6 +122,6 @@ def test_origins_of_urls() -> None:
         ("https://host/", {"client_cert_file": "/c.pem"}),
     ],
 )
-def test_urls_and_settings_that_are_refused(url: str, settings: dict[str, object]) -> None:
+def test_urls_and_settings_that_are_refused(url: str, settings: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        h1.Origin.split(url, **settings)  # type: ignore[arg-type]
+        h1.Origin.split(url, **settings)

@@ -33,7 +33,7 @@ from conftest import DevIdp, ProxyFactory
 from support.haproxy import HOP_ADDRESS, HAProxy, haproxy_binary, render_config, start_haproxy
 from support.harness import BROWSER_UA, HTML, Proxy, free_port
 
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 VICTIM_IP = "127.0.0.3"
 ATTACKER_IP = "127.0.0.2"
@@ -54,7 +54,7 @@ class Site:
 
     @property
     def cookie_name(self) -> str:
-        return self.proxy.app[RUNTIME].cookie.name
+        return self.proxy.app[LIVE].runtime.cookie.name
 
     @property
     def netloc(self) -> str:

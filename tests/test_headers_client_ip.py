@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authproxy.headers import client_ip, forwarded_value, parse_ip
+from authproxy.core.headers import IPNetwork, client_ip, forwarded_value, parse_ip
 
 LB = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
 
@@ -42,7 +42,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("peer", "xff", "trusted", "expected"), CASES)
-def test_client_ip_table(peer: str | None, xff: str | None, trusted: list, expected: str) -> None:  # type: ignore[type-arg]
+def test_client_ip_table(peer: str | None, xff: str | None, trusted: list[IPNetwork], expected: str) -> None:
     assert client_ip(peer, xff, trusted) == expected
 
 

@@ -2,7 +2,7 @@
 cross, the proxy's own cookies are removed, and everything else passes through exactly as sent.
 
 The identity names below are written out from the README's list of stripped headers rather than
-imported, so a name dropped from `authproxy.headers.IDENTITY` fails these tests instead of silently
+imported, so a name dropped from `authproxy.core.headers.IDENTITY` fails these tests instead of silently
 shrinking them.
 """
 
@@ -15,15 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import authproxy.headers
-from authproxy.headers import (
+import authproxy.core.headers
+from authproxy.core.headers import (
+    UpstreamHeaders,
     canonical_name,
     connection_tokens,
     is_identity_header,
     self_test,
     spoofed_identity_headers,
     strip_cookies,
-    strip_for_upstream,
 )
 
 PROPERTY = settings(max_examples=500, deadline=None)
@@ -153,7 +153,7 @@ HOP_BY_HOP = frozenset(
 
 
 def strip(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return list(strip_for_upstream(pairs, OWN, OWN_PREFIX).items())
+    return list(UpstreamHeaders(OWN, OWN_PREFIX)(pairs).items())
 
 
 def spec_identity(name: str) -> bool:
@@ -183,7 +183,7 @@ def test_strip_extra_names_in_any_spelling() -> None:
         ("X-Tenant", "d"),
         ("X-App-Users", "kept"),
     ]
-    assert list(strip_for_upstream(pairs, OWN, OWN_PREFIX, extra).items()) == [("X-App-Users", "kept")]
+    assert list(UpstreamHeaders(OWN, OWN_PREFIX, extra)(pairs).items()) == [("X-App-Users", "kept")]
     self_test(OWN, OWN_PREFIX, extra=extra)
 
 
@@ -191,13 +191,13 @@ def test_values_pass_byte_for_byte() -> None:
     # aiohttp hands over header bytes decoded as UTF-8 with surrogateescape: b"a\xffb" is "a\udcffb".
     odd = "a\udcffb \t\x01c"
     pairs = [("X-Test", odd), ("Cookie", "app=caf\udce9; _authproxy\udcff=SECRET")]
-    out = strip_for_upstream(pairs, "_authproxy", "_authproxy_login_")
+    out = UpstreamHeaders("_authproxy", "_authproxy_login_")(pairs)
     assert list(out.items()) == pairs
 
 
 def test_cookie_names_are_matched_by_their_exact_bytes() -> None:
     header = "_authproxy\udcff=X; _authproxy=sealed; _AUTHPROXY=Y; _authproxy_=Z"
-    out = strip_for_upstream([("Cookie", header)], "_authproxy", "_authproxy_login_")
+    out = UpstreamHeaders("_authproxy", "_authproxy_login_")([("Cookie", header)])
     assert out["Cookie"] == "_authproxy\udcff=X; _AUTHPROXY=Y; _authproxy_=Z"
 
 
@@ -450,7 +450,9 @@ def spoofed_names(draw: st.DrawFn) -> str:
 def is_safe(name: str) -> bool:
     folded = name.strip().lower().replace("_", "-").replace(".", "-")
     framing = {"host", "cookie", "expect", "content-length", "connection", "keep-alive", "te", "upgrade"}
-    stripped = folded in authproxy.headers.IDENTITY or folded.startswith(authproxy.headers.IDENTITY_PREFIXES)
+    stripped = folded in authproxy.core.headers.IDENTITY or folded.startswith(
+        authproxy.core.headers.IDENTITY_PREFIXES
+    )
     return not spec_identity(name) and not stripped and folded not in HOP_BY_HOP | framing
 
 
@@ -526,19 +528,19 @@ def test_self_test_passes_with_real_cookie_names(own: str, prefix: str) -> None:
 
 
 def test_self_test_catches_identity_headers_let_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(authproxy.headers, "is_identity_header", lambda name, extra=frozenset(): False)
+    monkeypatch.setattr(authproxy.core.headers, "is_identity_header", lambda name, extra=frozenset(): False)
     with pytest.raises(RuntimeError, match="self-test failed"):
         self_test(OWN, OWN_PREFIX)
 
 
 def test_self_test_catches_a_spelling_let_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(authproxy.headers, "canonical_name", lambda name: name.strip().lower())
+    monkeypatch.setattr(authproxy.core.headers, "canonical_name", lambda name: name.strip().lower())
     with pytest.raises(RuntimeError, match="self-test failed"):
         self_test(OWN, OWN_PREFIX)
 
 
 def test_self_test_catches_own_cookies_let_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(authproxy.headers, "strip_cookies", lambda header, own, prefix: header)
+    monkeypatch.setattr(authproxy.core.headers, "strip_cookies", lambda header, own, prefix: header)
     with pytest.raises(RuntimeError, match="self-test failed"):
         self_test(OWN, OWN_PREFIX)
 

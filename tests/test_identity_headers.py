@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from aiohttp import ClientSession
-from conftest import ProxyFactory
+from conftest import DevIdp, ProxyFactory
 from support.echo import received_headers
 from support.harness import Browser, Proxy
 
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 IDENTITY = [
     "X-Forwarded-User",
@@ -53,7 +54,7 @@ async def _signed_in(proxy: Proxy, browser: Browser, email: str = "ada@example.c
 
 async def _echo(
     browser: Browser, url: str, headers: dict[str, str] | list[tuple[str, str]]
-) -> dict[str, object]:
+) -> dict[str, Any]:
     async with browser.http.get(url, headers=headers) as response:
         assert response.status == 200, await response.text()
         return dict(json.loads(await response.text()))
@@ -63,13 +64,13 @@ async def _echo(
 async def test_spoofed_identity_headers_never_arrive(proxy: Proxy, browser: Browser, spoof: str) -> None:
     await _signed_in(proxy, browser)
     echoed = await _echo(browser, f"{proxy.url}/who", [(spoof, "mallory@evil.example")])
-    values = [value for _, value in echoed["headers"]]  # type: ignore[attr-defined]
+    values = [value for _, value in echoed["headers"]]
     assert "mallory@evil.example" not in values
     headers = received_headers(echoed)
     assert headers["x-forwarded-email"] == "ada@example.com"
 
 
-async def test_identity_headers_are_the_proxys(proxy: Proxy, browser: Browser, devidp: object) -> None:
+async def test_identity_headers_are_the_proxys(proxy: Proxy, browser: Browser, devidp: DevIdp) -> None:
     await _signed_in(proxy, browser)
     echoed = await _echo(
         browser, f"{proxy.url}/who", {"X-Forwarded-For": "6.6.6.6", "X-Request-Id": "forged"}
@@ -132,7 +133,7 @@ async def test_proxy_cookies_are_stripped_and_app_cookies_pass(proxy: Proxy, bro
     headers = received_headers(await _echo(browser, f"{proxy.url}/who", {}))
     cookie = headers["cookie"]
     assert "theme=dark" in cookie and "app_session=" in cookie
-    assert proxy.app[RUNTIME].cookie.name not in cookie
+    assert proxy.app[LIVE].runtime.cookie.name not in cookie
 
 
 async def test_one_users_upstream_cookie_never_reaches_another(proxy: Proxy) -> None:

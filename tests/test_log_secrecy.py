@@ -12,7 +12,7 @@ from support.harness import COOKIE_SECRET, Browser
 from yarl import URL
 
 from authproxy import logs
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,7 @@ async def test_a_whole_run_logs_no_secrets(
 ) -> None:
     logs.configure("json", "debug")
     proxy = await proxy_factory(logging={"format": "json", "level": "debug"})
-    runtime = proxy.app[RUNTIME]
+    runtime = proxy.app[LIVE].runtime
     secrets: dict[str, str] = {"client secret": CLIENT_SECRET, "cookie secret": COOKIE_SECRET}
 
     # A login, step by step, keeping every secret that crosses the wire.

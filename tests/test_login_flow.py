@@ -23,13 +23,13 @@ from support.harness import BROWSER_UA, Browser, Proxy, start_proxy
 from test_redirect import MAIN, TABLE, oracle_allows
 from yarl import URL
 
-from authproxy.redirect import RedirectPolicy
+from authproxy.core.redirect import RedirectPolicy
 from authproxy.routes.auth import MAX_RETURN_URL
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 
 def session_cookie(proxy: Proxy) -> str:
-    return proxy.app[RUNTIME].cookie.name
+    return proxy.app[LIVE].runtime.cookie.name
 
 
 async def test_login_lands_on_the_requested_url_with_identity(proxy: Proxy, browser: Browser) -> None:
@@ -159,7 +159,7 @@ async def _callback_url_of(browser: Browser, proxy: Proxy, path: str = "/") -> t
 
 async def test_replayed_callback_is_refused(proxy: Proxy, browser: Browser) -> None:
     form, callback = await _callback_url_of(browser, proxy)
-    runtime = proxy.app[RUNTIME]
+    runtime = proxy.app[LIVE].runtime
     name = runtime.transactions.name(form.query["state"])
     transaction_cookie = browser.cookie(name)
     assert transaction_cookie
@@ -486,9 +486,9 @@ ODD_SUFFIXES = [
 async def raw(proxy: Proxy, target: str, cookie: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
     """A raw GET with exactly this Cookie header: status, headers (in order) and body."""
     port = int(proxy.url.rsplit(":", 1)[1])
-    head = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {BROWSER_UA}\r\n"
-    head += "Accept: text/html\r\nConnection: close\r\n"
-    request = head.encode() + b"Cookie: " + cookie + b"\r\n\r\n"
+    start = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {BROWSER_UA}\r\n"
+    start += "Accept: text/html\r\nConnection: close\r\n"
+    request = start.encode() + b"Cookie: " + cookie + b"\r\n\r\n"
     answer = await exchange(port, request)
     head, _, body = answer.partition(b"\r\n\r\n")
     headers = [
@@ -510,7 +510,7 @@ def set_cookies(headers: list[tuple[str, str]]) -> dict[str, str]:
 
 @pytest.mark.parametrize("suffix", ODD_SUFFIXES, ids=[repr(s)[2:-1] for s in ODD_SUFFIXES])
 async def test_odd_pending_login_names_never_break_a_login(proxy: Proxy, suffix: bytes) -> None:
-    prefix = proxy.app[RUNTIME].transactions.prefix.encode()
+    prefix = proxy.app[LIVE].runtime.transactions.prefix.encode()
     # Five names of the proxy's own shape (their values unreadable, so first to go), an odd one before them.
     shaped = [prefix + secrets.token_urlsafe(32).encode() for _ in range(5)]
     planted = b"; ".join([prefix + suffix + b"=x", *(name + b"=garbage" for name in shaped), b"other=1"])
@@ -540,7 +540,7 @@ async def test_odd_pending_login_names_never_break_a_login(proxy: Proxy, suffix:
 
 
 async def test_only_names_of_the_proxys_shape_are_counted_or_expired(proxy: Proxy) -> None:
-    prefix = proxy.app[RUNTIME].transactions.prefix.encode()
+    prefix = proxy.app[LIVE].runtime.transactions.prefix.encode()
     odd = b"; ".join(prefix + suffix + b"=x" for suffix in ODD_SUFFIXES if suffix != b"=")
     near_misses = [
         prefix + b"a" * 42,
@@ -558,7 +558,7 @@ async def test_only_names_of_the_proxys_shape_are_counted_or_expired(proxy: Prox
 
 async def test_a_control_character_in_a_cookie_name_is_refused_by_the_parser(proxy: Proxy) -> None:
     """DEL (like any other control byte) never reaches a route: the whole request is a fixed 400."""
-    prefix = proxy.app[RUNTIME].transactions.prefix.encode()
+    prefix = proxy.app[LIVE].runtime.transactions.prefix.encode()
     for name in (prefix + b"\x7f", prefix + b"x\x7fy", b"\x7f"):
         status, _, body = await raw(proxy, "/oauth2/start", name + b"=x; other=1")
         assert status == 400 and body == b"400 Bad Request\n"

@@ -16,8 +16,8 @@ import secrets
 import tracemalloc
 from pathlib import Path
 
+from authproxy.core.user import User
 from authproxy.provider.checker import DeadTokens, SessionChecker
-from authproxy.provider.user import User
 
 USER = User(
     id="u", email="ada@example.com", verified=True, blocked=False, organization_id=None, affirmation_date=None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -70,7 +71,9 @@ def test_in_flight_is_current_without_a_flush() -> None:
     assert batched.registry.get_sample_value("authproxy_requests_in_flight") == 1
 
 
-async def test_observations_reach_prometheus_within_the_flush_interval(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_observations_reach_prometheus_within_the_flush_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(metrics, "FLUSH_INTERVAL", 0.05)
     batched = Metrics()
     batched.observe_request("proxy", 200, 0.001)

@@ -27,7 +27,7 @@ from support.harness import Browser, Proxy, deep_merge, free_port
 from support.nginx import Nginx, nginx_binary, site_tls, start_nginx
 from yarl import URL
 
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 EMAIL = "ada@example.com"
 JSON = {"Accept": "application/json"}
@@ -45,7 +45,7 @@ class Site:
 
     @property
     def cookie_name(self) -> str:
-        return self.proxy.app[RUNTIME].cookie.name
+        return self.proxy.app[LIVE].runtime.cookie.name
 
 
 @dataclass
@@ -222,6 +222,12 @@ async def test_client_sent_identity_never_reaches_the_app(site: Site, browser: B
         ("X-Auth-Request-Email", "forged@evil.example"),
         ("X_Forwarded_Email", "forged@evil.example"),
         ("X.Forwarded.User", "forged-user"),
+        # Other single-sign-on proxies' names, which apps configured for them read.
+        ("Remote-User", "forged-user"),
+        ("remote-email", "forged@evil.example"),
+        ("Remote-Groups", "forged-admins"),
+        ("X-Remote-User", "forged-user"),
+        ("X-WEBAUTH-USER", "forged-user"),
     ]
     signed_out = await fetch(browser, f"{site.url}/reports", headers=forged)
     assert signed_out.status == 302 and signed_out.headers["Location"].startswith("/oauth2/start?")

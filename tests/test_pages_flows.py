@@ -16,7 +16,7 @@ from conftest import DevIdp, ProxyFactory
 from support.harness import Browser, Proxy, free_port
 from yarl import URL
 
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 # What a browser sends when it follows a link on one of the proxy's own pages.
 SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
@@ -36,7 +36,7 @@ def heading(page: str) -> str:
 
 
 def session_cookie(proxy: Proxy, browser: Browser) -> str | None:
-    return browser.cookie(proxy.app[RUNTIME].cookie.name) or None
+    return browser.cookie(proxy.app[LIVE].runtime.cookie.name) or None
 
 
 async def test_access_denied_at_login_offers_another_account(

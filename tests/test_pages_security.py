@@ -23,12 +23,14 @@ import pytest
 from aiohttp import web
 from conftest import ProxyFactory
 from multidict import CIMultiDict
+from pytest_aiohttp import AiohttpServer
 from support.chaos import RawRequest, RawServer, exchange, respond, status_of
 from support.chromium import expect, launch, new_context
-from support.harness import BROWSER_UA, HTML, Browser, Proxy
+from support.harness import BROWSER_UA, HTML, Proxy
+from support.logins import signed_in
 from test_abuse import REFUSED
 
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 JSON = "application/json"
 OWN_SERVER = "authproxy"
@@ -87,18 +89,6 @@ def port_of(proxy: Proxy) -> int:
     return int(proxy.url.rsplit(":", 1)[1])
 
 
-async def signed_in(proxy: Proxy, email: str = "ada@example.com") -> str:
-    """A `Cookie` header value carrying a fresh session for `email`."""
-    browser = Browser()
-    try:
-        status, _, _ = await browser.login(f"{proxy.url}/", email)
-        assert status == 200
-        name = proxy.app[RUNTIME].cookie.name
-        return f"{name}={browser.cookie(name)}"
-    finally:
-        await browser.close()
-
-
 # --- every kind of answer the proxy makes itself ----------------------------------------------------------
 
 
@@ -141,7 +131,7 @@ async def test_the_start_route_keeps_its_own_referrer_policy(proxy: Proxy) -> No
 
 
 async def test_the_sign_out_confirmation_and_redirect(proxy: Proxy) -> None:
-    cookie = await signed_in(proxy)
+    cookie = (await signed_in(proxy)).header
     status, headers, body = await get(
         f"{proxy.url}/oauth2/sign_out", headers={"Cookie": cookie, "Sec-Fetch-Site": "cross-site"}
     )
@@ -177,7 +167,7 @@ async def test_forward_auth_and_userinfo(proxy: Proxy) -> None:
         status, headers, _ = await get(f"{proxy.url}{path}", accept=JSON)
         assert status == 401, path
         assert_own(headers)
-    cookie = await signed_in(proxy)
+    cookie = (await signed_in(proxy)).header
     for path, expected in (("/oauth2/auth", 202), ("/oauth2/userinfo", 200)):
         status, headers, _ = await get(f"{proxy.url}{path}", accept=JSON, headers={"Cookie": cookie})
         assert status == expected, path
@@ -202,8 +192,8 @@ async def test_an_unexpected_error_is_a_fixed_500(proxy: Proxy, monkeypatch: pyt
     async def broken(value: str) -> None:
         raise RuntimeError("a bug, not the client's doing")
 
-    monkeypatch.setattr(proxy.app[RUNTIME].store, "load", broken)
-    cookie = f"{proxy.app[RUNTIME].cookie.name}=anything"
+    monkeypatch.setattr(proxy.app[LIVE].runtime.store, "load", broken)
+    cookie = f"{proxy.app[LIVE].runtime.cookie.name}=anything"
     for accept in (HTML, JSON):
         status, headers, body = await get(f"{proxy.url}/private", accept=accept, headers={"Cookie": cookie})
         assert status == 500
@@ -337,7 +327,7 @@ PIXEL = (
 
 
 async def test_pages_render_in_chromium_and_cannot_be_framed(
-    proxy_factory: ProxyFactory, aiohttp_server: Any
+    proxy_factory: ProxyFactory, aiohttp_server: AiohttpServer
 ) -> None:
     proxy = await proxy_factory(
         branding={"logo_url": PIXEL, "title": "Acme", "footer": "Acme Corp"},

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from authproxy.paths import (
+from authproxy.core.paths import (
     AmbiguousTarget,
     CanonicalTargets,
     RouteRules,

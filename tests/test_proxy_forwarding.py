@@ -7,12 +7,12 @@ import gzip
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import ClientSession, WSMsgType, web
 from conftest import ProxyFactory
+from pytest_aiohttp import AiohttpServer
 from support.echo import received_headers
 from support.harness import Proxy, free_port
 
@@ -23,12 +23,6 @@ PUBLIC = {"routes": {"skip_auth": ["^/"]}}  # forwarding mechanics, without a lo
 @pytest.fixture
 async def open_proxy(proxy_factory: ProxyFactory) -> Proxy:
     return await proxy_factory(**PUBLIC)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[ClientSession]:
-    async with ClientSession(auto_decompress=False) as session:
-        yield session
 
 
 async def test_method_path_query_and_body_arrive(open_proxy: Proxy, http: ClientSession) -> None:
@@ -102,7 +96,7 @@ async def test_hop_by_hop_headers_are_removed(open_proxy: Proxy, http: ClientSes
 
 
 async def test_longest_prefix_wins_and_preserve_host(
-    proxy_factory: ProxyFactory, aiohttp_server: Any
+    proxy_factory: ProxyFactory, aiohttp_server: AiohttpServer
 ) -> None:
     async def named(request: web.Request) -> web.Response:
         return web.json_response({"who": request.app[NAME], "host": request.host, "path": request.raw_path})

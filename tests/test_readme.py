@@ -8,7 +8,8 @@
 - Every TOML config in the README (a block with `[server]`) passes `authproxy check-config`, with its
   secrets filled in through the environment; TOML fragments validate on top of a minimal config.
 - Every `authproxy ...` line in a shell block parses with the real argument parsers; `gen-secret` and
-  `check-config` really run.
+  `check-config` really run. Each `authproxy explain` example is followed by the block of its output,
+  and running it against the README config it names prints exactly that.
 - The routes, metrics, stripped headers, fake-CentralAuth options and test-control API the README
   documents exist, and everything of theirs exists in the README; so do the repository files it names.
 """
@@ -35,7 +36,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from authproxy import cli
-from authproxy.config import Config
+from authproxy.config import Config, RouteConfig
 from authproxy.config_checks import is_placeholder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +45,10 @@ TEXT = README.read_text(encoding="utf-8")
 
 SHELL_LANGS = frozenset({"sh", "bash", "shell", "console", "zsh"})
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
-SECTION_HEADING = re.compile(r"^#{2,6}\s.*?`\[\[?([a-z_]+)\]\]?`")
+SECTION_HEADING = re.compile(r"^#{2,6}\s.*?`(\[\[?)([a-z_]+)\]\]?`")
+# `[routes]` (a table) and `[[routes]]` (the route table) are two shapes of one key; the reference
+# documents them apart, the second as the section ROUTE_TABLE.
+ROUTE_TABLE = "routes[]"
 REQUIRED = "(required)"
 # Shell expansions (`$(cat file)`, `$VAR`) become this word before the line is split, then a valid secret.
 PLACEHOLDER = "SHELLVALUE"
@@ -67,7 +71,8 @@ def parse_markdown(text: str) -> tuple[list[Block], list[str]]:
     blocks: list[Block] = []
     prose: list[str] = []
     fence: str | None = None
-    lang, start, body = "", 0, []
+    lang, start = "", 0
+    body: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         if fence is None:
             match = FENCE.match(line)
@@ -120,7 +125,11 @@ def parse_tables(prose: list[str]) -> list[Table]:
             header = None
         if line.startswith("#"):
             match = SECTION_HEADING.match(line)
-            section = match.group(1) if match else None
+            section = None
+            if match:
+                section = match.group(2)
+                if section == "routes" and match.group(1) == "[[":
+                    section = ROUTE_TABLE
     return tables
 
 
@@ -198,6 +207,7 @@ def section_models() -> dict[str, type[BaseModel]]:
             annotation = get_args(annotation)[0]
         assert isinstance(annotation, type) and issubclass(annotation, BaseModel), name
         models[name] = annotation
+    models[ROUTE_TABLE] = RouteConfig
     return models
 
 
@@ -359,11 +369,13 @@ def test_the_reference_documents_exactly_the_config_sections() -> None:
 @pytest.mark.parametrize("section", sorted(MODELS))
 def test_the_reference_matches_the_config_model(section: str) -> None:
     model, documented = MODELS[section], REFERENCE.get(section, {})
-    missing = sorted(set(model.model_fields) - set(documented))
+    missing = sorted(set(model.model_fields) - set(documented) - {"table"})
     extra = sorted(set(documented) - set(model.model_fields))
     assert not missing, f"[{section}] keys missing from README.md: {missing}"
     assert not extra, f"[{section}] keys in README.md that the config does not have: {extra}"
     for key, field in model.model_fields.items():
+        if (section, key) == ("routes", "table"):
+            continue  # the `[[routes]]` shape, documented as its own section
         cells = documented[key]
         default = documented_default(section, key, cells["default"])
         actual = model_default(field)
@@ -516,19 +528,37 @@ def test_the_readme_shows_authproxy_commands() -> None:
     assert {"gen-secret", "check-config", "serve", "devidp"} <= subcommands
 
 
+def _recorder(calls: list[tuple[Any, ...]], name: str) -> Callable[..., int]:
+    """A stand-in for a command: records its arguments, starts nothing, succeeds."""
+
+    def record(*args: Any) -> int:
+        calls.append((name, *args))
+        return 0
+
+    return record
+
+
 def parse_command(argv: list[str], env: pytest.MonkeyPatch) -> tuple[int, str, list[tuple[Any, ...]]]:
     """Exit code, stderr and the recorded calls of a run of the real parsers that starts nothing."""
     calls: list[tuple[Any, ...]] = []
     if argv[0] == "devidp":
         from authproxy.devidp.cli import build_parser
 
-        code, _, err = run_cli(
-            argv[1:], lambda args: calls.append(("devidp", build_parser().parse_args(args))) or 0
-        )
+        def devidp(args: list[str]) -> int:
+            calls.append(("devidp", build_parser().parse_args(args)))
+            return 0
+
+        code, _, err = run_cli(argv[1:], devidp)
         return code, err, calls
     with env.context() as patch:
         for name in ("serve", "demo", "check_config"):
-            patch.setattr(cli, name, lambda *args, name=name: calls.append((name, *args)) or 0)
+            patch.setattr(cli, name, _recorder(calls, name))
+
+        def explain(args: Any) -> int:
+            calls.append(("explain", args.config))
+            return 0
+
+        patch.setattr(cli, "explain", explain)
         code, _, err = run_cli(argv)
     return code, err, calls
 
@@ -552,13 +582,94 @@ def test_every_authproxy_command_line_parses(
 
         secret = calls[0][1].client_secret
         assert secret is None or len(secret) == SECRET_LENGTH, f"{command}: the secret is not 64 characters"
-    elif argv[0] in ("serve", "check-config"):
+    elif argv[0] in ("serve", "check-config", "explain"):
         config = resolve_config(command, calls[0][1], tmp_path, monkeypatch)
         code, _, err = run_cli(["check-config", "-c", str(config)])
         assert code == 0, f"{command}: check-config of that config says:\n{err}"
     elif argv[0] == "gen-secret":
         code, out, _ = run_cli(argv)
         assert code == 0 and re.fullmatch(r"[A-Za-z0-9_-]{32,}\n", out), f"{command}: printed {out!r}"
+
+
+# --- `authproxy explain` examples ----------------------------------------------------------------------
+
+# The languages of the block that shows an example's output, right after the shell block of its command.
+OUTPUT_LANGS = frozenset({"text", "json"})
+
+
+def shell_block_of(command: Command) -> int:
+    """The index in BLOCKS of the shell block that holds `command`'s line."""
+    for index, block in enumerate(BLOCKS):
+        last = block.line + len(block.text.splitlines())
+        if block.lang in SHELL_LANGS and block.line < command.line <= last:
+            return index
+    raise AssertionError(f"{command}: not inside a shell block")
+
+
+@dataclass(frozen=True)
+class Example:
+    command: Command
+    output: Block
+
+    def __str__(self) -> str:
+        return str(self.command)
+
+
+def explain_examples() -> list[Example]:
+    """Every `authproxy explain` command in the README with the output block that follows its shell
+    block; the shell block must hold that one command and nothing else, so the output is unambiguous."""
+    found = []
+    for command in COMMANDS:
+        if command.words[:1] != ("explain",):
+            continue
+        index = shell_block_of(command)
+        others = [other for other in COMMANDS if other is not command and shell_block_of(other) == index]
+        assert not others, f"{command}: give an explain example a shell block of its own"
+        following = BLOCKS[index + 1] if index + 1 < len(BLOCKS) else None
+        assert following is not None and following.lang in OUTPUT_LANGS, (
+            f"{command}: not followed by a ```text or ```json block with its output"
+        )
+        found.append(Example(command, following))
+    return found
+
+
+EXPLAIN_EXAMPLES = explain_examples()
+
+
+def normalised(output: str) -> list[str]:
+    """Output lines without trailing whitespace, and without blank lines at the end: the only
+    differences between a README block and the command's output that the comparison forgives."""
+    lines = [line.rstrip() for line in output.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def test_the_readme_shows_explain_examples_in_both_formats() -> None:
+    languages = {example.output.lang for example in EXPLAIN_EXAMPLES}
+    assert languages == {"text", "json"}, f"explain examples with outputs in {sorted(languages)}"
+    assert all("--json" in e.command.words for e in EXPLAIN_EXAMPLES if e.output.lang == "json")
+
+
+@pytest.mark.parametrize("example", EXPLAIN_EXAMPLES, ids=lambda example: f"line{example.command.line}")
+def test_every_explain_example_prints_what_the_readme_shows(
+    example: Example, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = list(example.command.words)
+    flag = next((i for i, word in enumerate(argv) if word in ("-c", "--config")), None)
+    assert flag is not None and flag + 1 < len(argv), f"{example}: no -c FILE"
+    config = resolve_config(example.command, argv[flag + 1], tmp_path, monkeypatch)
+    assert example.command.config is not None and config_name(example.command.config) == argv[flag + 1], (
+        f"{example}: {argv[flag + 1]} must be a config the README shows and names (`{argv[flag + 1]}`:)"
+    )
+    argv[flag + 1] = str(config)
+    code, out, err = run_cli(argv)
+    assert code == 0, f"{example}: exit {code}: {err.strip()}"
+    if example.output.lang == "json":
+        json.loads(example.output.text)  # the README block is itself valid JSON
+    assert normalised(out) == normalised(example.output.text), (
+        f"{example}: the output differs from the block on README.md line {example.output.line}:\n{out}"
+    )
 
 
 # --- make ----------------------------------------------------------------------------------------------
@@ -649,7 +760,7 @@ def test_the_documented_metrics_are_the_real_ones() -> None:
 
 
 def test_every_stripped_header_is_named() -> None:
-    from authproxy.headers import HOP_BY_HOP, IDENTITY, IDENTITY_PREFIXES
+    from authproxy.core.headers import HOP_BY_HOP, IDENTITY, IDENTITY_PREFIXES
 
     lowered = TEXT.lower()
     missing = sorted(name for name in IDENTITY | HOP_BY_HOP if f"`{name}`" not in lowered)
@@ -689,10 +800,12 @@ def test_config_example_toml_has_every_key_as_the_readme_says() -> None:
         name: set(re.findall(r"^#? ?([a-z_]+) =", body, re.MULTILINE))
         for name, body in zip(tables[1::2], tables[2::2], strict=True)
     }
+    # The `[[routes]]` keys are commented lines under `[routes]`: a file holds one shape or the other.
     missing = sorted(
         f"{section}.{key}"
         for section, model in MODELS.items()
         for key in model.model_fields
-        if key not in present.get(section, set())
+        if (section, key) != ("routes", "table")
+        and key not in present.get("routes" if section == ROUTE_TABLE else section, set())
     )
     assert not missing, f"config.example.toml lacks {missing}"

@@ -14,8 +14,9 @@ import pytest
 from aiohttp import ClientSession, web
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pytest_aiohttp import AiohttpClient
 
-from authproxy.redirect import MAX_URL_LENGTH, RedirectPolicy, safe_return_url
+from authproxy.core.redirect import MAX_URL_LENGTH, RedirectPolicy, safe_return_url
 
 FALLBACK = "/fallback"
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -432,7 +433,7 @@ def test_fallback_is_the_default_slash() -> None:
     assert safe_return_url(None, MAIN) == "/"
 
 
-async def test_what_goes_on_the_wire(aiohttp_client: Any) -> None:
+async def test_what_goes_on_the_wire(aiohttp_client: AiohttpClient) -> None:
     """Serve every table output through aiohttp and read the raw header bytes back."""
     outputs = [safe_return_url(p.values[0], p.values[1], FALLBACK) for p in TABLE]
 

@@ -8,30 +8,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientSession
 from conftest import DevIdp, ProxyFactory
 from support.harness import BROWSER_UA, Browser, Proxy
+from support.logins import SignedIn, signed_in
 from support.redis_server import RedisServer
 
 from authproxy.errors import SessionRejected
 from authproxy.provider.checker import SessionKnownDead
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 from authproxy.session.redis import DEAD_PREFIX, KEY_PREFIX
 
 API = {"Accept": "application/json", "User-Agent": BROWSER_UA}
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -45,6 +36,17 @@ async def replicas(proxy_factory: ProxyFactory, redis_server: RedisServer) -> tu
     return first, await proxy_factory(**settings, server={"public_url": first.url})
 
 
+async def sign_out(proxy: Proxy, session: SignedIn) -> None:
+    """The sign-out form posted to `proxy` with the session's cookie, from the proxy's own origin."""
+    async with ClientSession(headers={"User-Agent": BROWSER_UA}) as http:
+        async with http.post(
+            f"{proxy.url}/oauth2/sign_out",
+            headers={"Cookie": session.header, "Origin": proxy.url},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 302
+
+
 async def status_with(proxy: Proxy, cookie_name: str, value: str) -> int:
     async with ClientSession(headers=API) as http:
         async with http.get(f"{proxy.url}/x", headers={"Cookie": f"{cookie_name}={value}"}) as response:
@@ -52,33 +54,26 @@ async def status_with(proxy: Proxy, cookie_name: str, value: str) -> int:
 
 
 @pytest.fixture
-async def signed_in(replicas: tuple[Proxy, Proxy]) -> AsyncIterator[tuple[str, str]]:
-    first, _ = replicas
-    browser = Browser()
-    status, _, _ = await browser.login(f"{first.url}/", "ada@example.com")
-    assert status == 200
-    name = first.app[RUNTIME].cookie.name
-    value = browser.cookie(name)
-    assert value
-    yield name, value
-    await browser.close()
+async def ada(replicas: tuple[Proxy, Proxy]) -> SignedIn:
+    """Ada's session, made on the first replica."""
+    return await signed_in(replicas[0])
 
 
 async def test_a_login_on_one_replica_is_valid_on_the_other(
-    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str]
+    replicas: tuple[Proxy, Proxy], ada: SignedIn
 ) -> None:
     first, second = replicas
-    name, value = signed_in
+    name, value = ada.name, ada.value
     assert await status_with(first, name, value) == 200
     assert await status_with(second, name, value) == 200
 
 
 async def test_the_cookie_holds_no_token_and_redis_holds_no_plaintext(
-    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str], redis_server: RedisServer
+    replicas: tuple[Proxy, Proxy], ada: SignedIn, redis_server: RedisServer
 ) -> None:
     first, _ = replicas
-    _, value = signed_in
-    session = await first.app[RUNTIME].store.load(value)
+    value = ada.value
+    session = await first.app[LIVE].runtime.store.load(value)
     assert session is not None
     assert len(value) < 150  # an id and a key, sealed; not a token
     client = aioredis.Redis.from_url(redis_server.url)
@@ -89,37 +84,34 @@ async def test_the_cookie_holds_no_token_and_redis_holds_no_plaintext(
         ttl = await client.ttl(keys[0])
     finally:
         await client.aclose()
+    assert isinstance(record, bytes)
     assert session.access_token.encode() not in record and b"ada@example.com" not in record
     assert 0 < ttl <= 86400
 
 
 async def test_sign_out_on_one_replica_kills_the_session_on_the_other(
-    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str]
+    replicas: tuple[Proxy, Proxy], ada: SignedIn
 ) -> None:
     first, second = replicas
-    name, value = signed_in
+    name, value = ada.name, ada.value
     assert await status_with(second, name, value) == 200  # cached on the second replica
-    async with ClientSession(headers={"User-Agent": BROWSER_UA}) as http:
-        async with http.post(
-            f"{first.url}/oauth2/sign_out",
-            headers={"Cookie": f"{name}={value}", "Origin": first.url},
-            allow_redirects=False,
-        ) as response:
-            assert response.status == 302
+    await sign_out(first, ada)
     assert await status_with(second, name, value) == 401  # a copied cookie is dead everywhere at once
     assert await status_with(first, name, value) == 401
 
 
 async def test_revocation_seen_by_one_replica_drops_the_cache_of_the_other(
-    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str], devidp: DevIdp
+    replicas: tuple[Proxy, Proxy], ada: SignedIn, devidp: DevIdp
 ) -> None:
     first, second = replicas
-    name, value = signed_in
+    name, value = ada.name, ada.value
     assert await status_with(second, name, value) == 200
-    second_checker = second.app[RUNTIME].checker
+    second_checker = second.app[LIVE].runtime.checker
     assert len(second_checker) == 1
     await devidp.end_sessions("ada@example.com")
-    first.app[RUNTIME].checker.evict((await first.app[RUNTIME].store.load(value)).access_token)  # type: ignore[union-attr]
+    session = await first.app[LIVE].runtime.store.load(value)
+    assert session is not None
+    first.app[LIVE].runtime.checker.evict(session.access_token)
     assert await status_with(first, name, value) == 401  # the first replica learns it from CentralAuth
     for _ in range(50):
         if len(second_checker) == 0:
@@ -129,10 +121,10 @@ async def test_revocation_seen_by_one_replica_drops_the_cache_of_the_other(
 
 
 async def test_redis_outage_is_a_503_and_service_resumes_without_relogin(
-    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str], redis_server: RedisServer
+    replicas: tuple[Proxy, Proxy], ada: SignedIn, redis_server: RedisServer
 ) -> None:
     first, second = replicas
-    name, value = signed_in
+    name, value = ada.name, ada.value
     redis_server.stop()
     assert await status_with(first, name, value) == 503
     async with ClientSession() as http:
@@ -166,7 +158,7 @@ async def test_outage_during_login_leaves_no_session(
         redis_server.stop()
         async with browser.http.post(form, data={"email": "ada@example.com"}) as response:
             assert response.status == 503
-        assert browser.cookie(first.app[RUNTIME].cookie.name) is None
+        assert browser.cookie(first.app[LIVE].runtime.cookie.name) is None
     finally:
         await browser.close()
 
@@ -179,25 +171,25 @@ async def userinfo_calls(devidp: DevIdp) -> int:
 
 
 async def token_of(proxy: Proxy, value: str) -> tuple[str, float]:
-    session = await proxy.app[RUNTIME].store.load(value)
+    session = await proxy.app[LIVE].runtime.store.load(value)
     assert session is not None
     return session.access_token, session.expires_at
 
 
 async def test_a_token_rejected_on_one_replica_is_refused_by_the_others_without_a_call(
     replicas: tuple[Proxy, Proxy],
-    signed_in: tuple[str, str],
+    ada: SignedIn,
     devidp: DevIdp,
     proxy_factory: ProxyFactory,
     redis_server: RedisServer,
 ) -> None:
     first, second = replicas
-    name, value = signed_in
+    name, value = ada.name, ada.value
     token, expires_at = await token_of(first, value)
     digest = hashlib.sha256(token.encode()).digest()
     assert await status_with(second, name, value) == 200  # cached on the second replica
     await devidp.end_sessions("ada@example.com")
-    first.app[RUNTIME].checker.evict(token)
+    first.app[LIVE].runtime.checker.evict(token)
     before = await userinfo_calls(devidp)
     assert await status_with(first, name, value) == 401  # the first replica learns it from CentralAuth
     assert await userinfo_calls(devidp) - before == 1
@@ -209,59 +201,45 @@ async def test_a_token_rejected_on_one_replica_is_refused_by_the_others_without_
     assert 0 < remaining <= expires_at - time.time() + 1  # for the rest of the session's life, no longer
     # The listening replica was told at once; one started afterwards finds the record in Redis.
     for _ in range(50):
-        if second.app[RUNTIME].checker.dead.holds(digest):
+        if second.app[LIVE].runtime.checker.dead.holds(digest):
             break
         await asyncio.sleep(0.02)
-    assert second.app[RUNTIME].checker.dead.holds(digest)
+    assert second.app[LIVE].runtime.checker.dead.holds(digest)
     assert await status_with(second, name, value) == 401
     third = await proxy_factory(
         session={"store": "redis", "redis_url": redis_server.url}, server={"public_url": first.url}
     )
     for agent in (BROWSER_UA, "another agent"):
         with pytest.raises(SessionKnownDead):
-            await third.app[RUNTIME].checker.check(token, "127.0.0.1", agent)
+            await third.app[LIVE].runtime.checker.check(token, "127.0.0.1", agent)
     assert await userinfo_calls(devidp) - before == 1
 
 
 async def test_a_sign_out_on_one_replica_costs_the_others_no_call(
-    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str], devidp: DevIdp
+    replicas: tuple[Proxy, Proxy], ada: SignedIn, devidp: DevIdp
 ) -> None:
     first, second = replicas
-    name, value = signed_in
-    token, _ = await token_of(first, value)
-    async with ClientSession(headers={"User-Agent": BROWSER_UA}) as http:
-        async with http.post(
-            f"{first.url}/oauth2/sign_out",
-            headers={"Cookie": f"{name}={value}", "Origin": first.url},
-            allow_redirects=False,
-        ) as response:
-            assert response.status == 302
+    name, value = ada.name, ada.value
+    token = ada.token
+    await sign_out(first, ada)
     before = await userinfo_calls(devidp)
     for agent in [f"agent {i}" for i in range(20)]:
         with pytest.raises(SessionKnownDead):
-            await second.app[RUNTIME].checker.check(token, "127.0.0.1", agent)
+            await second.app[LIVE].runtime.checker.check(token, "127.0.0.1", agent)
     assert await status_with(second, name, value) == 401
     assert await userinfo_calls(devidp) - before == 0
 
 
 async def test_with_redis_stopped_the_local_memory_still_answers(
-    replicas: tuple[Proxy, Proxy], signed_in: tuple[str, str], devidp: DevIdp, redis_server: RedisServer
+    replicas: tuple[Proxy, Proxy], ada: SignedIn, devidp: DevIdp, redis_server: RedisServer
 ) -> None:
     first, _ = replicas
-    checker = first.app[RUNTIME].checker
-    name, value = signed_in
-    dead_token, _ = await token_of(first, value)
+    checker = first.app[LIVE].runtime.checker
+    name, value = ada.name, ada.value
+    dead_token = ada.token
     live: dict[str, str] = {}
     for email in ("bob@example.com", "carol@example.com"):
-        browser = Browser()
-        try:
-            status, _, _ = await browser.login(f"{first.url}/", email)
-            assert status == 200
-            cookie = browser.cookie(name)
-            assert cookie
-            live[email] = (await token_of(first, cookie))[0]
-        finally:
-            await browser.close()
+        live[email] = (await signed_in(first, email=email)).token
     await devidp.end_sessions("ada@example.com")
     checker.evict(dead_token)
     assert await status_with(first, name, value) == 401

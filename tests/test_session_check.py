@@ -1,19 +1,24 @@
 """The per-request session check against the real fake CentralAuth: caching, coalescing, revocation,
-hijack protection and outages (fail-closed and stale)."""
+hijack protection and outages (fail-closed and stale).
+
+Time passes only when a test says so: the proxies whose TTLs matter run on a `FakeClock` (their
+`monotonic`, what the session-check cache and the stale window run on), advanced instead of slept."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from aiohttp import ClientSession
 from conftest import DevIdp, ProxyFactory
 from support.echo import received_headers
-from support.harness import BROWSER_UA, Browser, Proxy
+from support.harness import BROWSER_UA, Browser, FakeClock, Proxy
+from support.logins import signed_in_without_landing
 from yarl import URL
 
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 API = {"Accept": "application/json"}
 
@@ -22,18 +27,8 @@ async def userinfo_calls(devidp: DevIdp) -> int:
     return (await devidp.stats())["userinfo"]
 
 
-async def signed_in_without_landing(proxy: Proxy, browser: Browser, email: str = "ada@example.com") -> None:
-    """Log in but stop at the callback's redirect, so no proxied request has been checked yet."""
-    async with browser.http.get(f"{proxy.url}/oauth2/start?rd=/landing") as response:
-        form = response.url
-    async with browser.http.post(form, data={"email": email}, allow_redirects=False) as response:
-        callback = response.headers["Location"]
-    async with browser.http.get(callback, allow_redirects=False) as response:
-        assert response.status == 302 and response.headers["Location"] == "/landing"
-
-
-async def get(browser: Browser, url: str, **kwargs: object) -> tuple[int, str]:
-    async with browser.http.get(url, allow_redirects=False, **kwargs) as response:  # type: ignore[arg-type]
+async def get(browser: Browser, url: str, **kwargs: Any) -> tuple[int, str]:
+    async with browser.http.get(url, allow_redirects=False, **kwargs) as response:
         return response.status, await response.text()
 
 
@@ -66,20 +61,32 @@ async def test_userinfo_carries_the_end_users_ip_and_agent(
     assert call["body"].count(".") == 4
 
 
+SHORT_TTL = 0.5
+
+
 @pytest.fixture
-async def short_ttl_proxy(proxy_factory: ProxyFactory) -> Proxy:
-    return await proxy_factory(centralauth={"session_check_ttl": 0.5})
+def ttl_clock() -> FakeClock:
+    """The proxy's monotonic clock: the session-check TTL and the stale window move only with it."""
+    return FakeClock()
+
+
+@pytest.fixture
+async def short_ttl_proxy(proxy_factory: ProxyFactory, ttl_clock: FakeClock) -> Proxy:
+    return await proxy_factory(centralauth={"session_check_ttl": SHORT_TTL}, monotonic=ttl_clock)
 
 
 async def test_central_logout_takes_effect_within_the_ttl(
-    short_ttl_proxy: Proxy, browser: Browser, devidp: DevIdp
+    short_ttl_proxy: Proxy, browser: Browser, devidp: DevIdp, ttl_clock: FakeClock
 ) -> None:
     proxy = short_ttl_proxy
     await browser.login(f"{proxy.url}/", "ada@example.com")
     await devidp.end_sessions("ada@example.com")
+    before = await userinfo_calls(devidp)
+    ttl_clock.advance(SHORT_TTL - 0.1)
     status, _ = await get(browser, f"{proxy.url}/still-cached")
     assert status == 200  # inside the TTL the cached answer stands
-    await asyncio.sleep(0.6)
+    assert await userinfo_calls(devidp) == before  # without asking CentralAuth
+    ttl_clock.advance(0.2)  # past session_check_ttl: the cached answer is gone
     async with browser.http.get(f"{proxy.url}/after", allow_redirects=False) as response:
         assert response.status == 302
         assert URL(response.headers["Location"]).path == "/oauth2/start"
@@ -90,20 +97,25 @@ async def test_central_logout_takes_effect_within_the_ttl(
 
 
 async def test_blocking_at_centralauth_takes_effect_within_the_ttl(
-    short_ttl_proxy: Proxy, browser: Browser, devidp: DevIdp
+    short_ttl_proxy: Proxy, browser: Browser, devidp: DevIdp, ttl_clock: FakeClock
 ) -> None:
     await browser.login(f"{short_ttl_proxy.url}/", "ada@example.com")
     await devidp.patch_user("ada@example.com", blocked=True)
-    await asyncio.sleep(0.6)
+    before = await userinfo_calls(devidp)
+    ttl_clock.advance(SHORT_TTL - 0.1)
+    assert (await get(browser, f"{short_ttl_proxy.url}/still-cached"))[0] == 200  # the cached answer
+    assert await userinfo_calls(devidp) == before
+    ttl_clock.advance(0.2)  # past session_check_ttl
     status, body = await get(browser, f"{short_ttl_proxy.url}/x", headers={"Accept": "text/html"})
     assert status == 403 and "not allowed" in body
+    assert await userinfo_calls(devidp) == before + 1
 
 
 async def test_stolen_cookie_from_another_agent_is_rechecked_and_refused(
     proxy: Proxy, browser: Browser, devidp: DevIdp
 ) -> None:
     await browser.login(f"{proxy.url}/", "victim@example.com")
-    name = proxy.app[RUNTIME].cookie.name
+    name = proxy.app[LIVE].runtime.cookie.name
     stolen = browser.cookie(name)
     before = await userinfo_calls(devidp)
     async with ClientSession(headers={"User-Agent": "curl/8.0", **API}) as thief:
@@ -121,7 +133,7 @@ async def test_stolen_cookie_from_another_ip_is_refused(proxy_factory: ProxyFact
     try:
         status, _, _ = await victim.login(f"{proxy.url}/", "victim@example.com")
         assert status == 200
-        name = proxy.app[RUNTIME].cookie.name
+        name = proxy.app[LIVE].runtime.cookie.name
         stolen = victim.cookie(name)
         headers = {
             "Cookie": f"{name}={stolen}",
@@ -149,18 +161,21 @@ async def test_fail_closed_outage_is_a_503_that_keeps_the_session(
 
 
 async def test_stale_mode_reuses_the_last_good_answer(
-    proxy_factory: ProxyFactory, browser: Browser, devidp: DevIdp
+    proxy_factory: ProxyFactory, browser: Browser, devidp: DevIdp, ttl_clock: FakeClock
 ) -> None:
     proxy = await proxy_factory(
-        centralauth={"session_check_ttl": 0.3, "on_outage": "stale", "stale_grace": 60}
+        centralauth={"session_check_ttl": 0.3, "on_outage": "stale", "stale_grace": 60}, monotonic=ttl_clock
     )
     await browser.login(f"{proxy.url}/", "ada@example.com")
-    await asyncio.sleep(0.35)
+    ttl_clock.advance(0.35)  # past the TTL, well inside the stale window
     await devidp.fault("userinfo", status=503, count=5)
+    before = await userinfo_calls(devidp)
     for _ in range(3):
         status, body = await get(browser, f"{proxy.url}/during-outage")
         assert status == 200
         assert received_headers(json.loads(body))["x-forwarded-email"] == "ada@example.com"
+    # Each request asked CentralAuth and met the outage: stale answers, not cache hits.
+    assert await userinfo_calls(devidp) - before == 3
 
 
 async def test_stale_mode_without_a_previous_answer_fails_closed(
@@ -172,12 +187,17 @@ async def test_stale_mode_without_a_previous_answer_fails_closed(
     assert (await get(browser, f"{proxy.url}/x"))[0] == 503
 
 
-async def test_stale_window_ends(proxy_factory: ProxyFactory, browser: Browser, devidp: DevIdp) -> None:
+async def test_stale_window_ends(
+    proxy_factory: ProxyFactory, browser: Browser, devidp: DevIdp, ttl_clock: FakeClock
+) -> None:
     proxy = await proxy_factory(
-        centralauth={"session_check_ttl": 0.2, "on_outage": "stale", "stale_grace": 0.2}
+        centralauth={"session_check_ttl": 0.2, "on_outage": "stale", "stale_grace": 0.2}, monotonic=ttl_clock
     )
     await browser.login(f"{proxy.url}/", "ada@example.com")
-    await asyncio.sleep(0.5)
+    ttl_clock.advance(0.3)  # past the TTL, inside TTL + stale_grace: still answered stale
+    await devidp.fault("userinfo", status=503, count=1)
+    assert (await get(browser, f"{proxy.url}/x"))[0] == 200
+    ttl_clock.advance(0.2)  # past TTL + stale_grace
     await devidp.fault("userinfo", status=503, count=1)
     assert (await get(browser, f"{proxy.url}/x"))[0] == 503
 
@@ -189,7 +209,7 @@ async def test_the_check_cache_is_bounded(proxy_factory: ProxyFactory, devidp: D
         for i, browser in enumerate(browsers):
             status, _, _ = await browser.login(f"{proxy.url}/", f"user{i}@example.com")
             assert status == 200
-        assert len(proxy.app[RUNTIME].checker) == 3
+        assert len(proxy.app[LIVE].runtime.checker) == 3
     finally:
         for browser in browsers:
             await browser.close()
@@ -200,7 +220,7 @@ async def test_the_check_cache_is_bounded(proxy_factory: ProxyFactory, devidp: D
 
 async def replay(proxy: Proxy, cookie: str, agents: list[str], *, concurrently: bool) -> list[int]:
     """The statuses of one request per user agent, each carrying the same session cookie."""
-    name = proxy.app[RUNTIME].cookie.name
+    name = proxy.app[LIVE].runtime.cookie.name
 
     async def one(http: ClientSession, agent: str) -> int:
         headers = {"Cookie": f"{name}={cookie}", "User-Agent": agent, **API}
@@ -214,14 +234,14 @@ async def replay(proxy: Proxy, cookie: str, agents: list[str], *, concurrently: 
 
 
 async def test_a_session_ended_at_centralauth_costs_at_most_a_handful_of_calls_whatever_the_agent(
-    short_ttl_proxy: Proxy, browser: Browser, devidp: DevIdp
+    short_ttl_proxy: Proxy, browser: Browser, devidp: DevIdp, ttl_clock: FakeClock
 ) -> None:
     proxy = short_ttl_proxy
     await browser.login(f"{proxy.url}/", "ada@example.com")
-    cookie = browser.cookie(proxy.app[RUNTIME].cookie.name)
+    cookie = browser.cookie(proxy.app[LIVE].runtime.cookie.name)
     assert cookie
     await devidp.end_sessions("ada@example.com")
-    await asyncio.sleep(0.6)  # past session_check_ttl: the cached answer is gone
+    ttl_clock.advance(SHORT_TTL + 0.1)  # past session_check_ttl: the cached answer is gone
     before = await userinfo_calls(devidp)
     statuses = await replay(proxy, cookie, [f"agent {i}" for i in range(300)], concurrently=True)
     concurrent_calls = await userinfo_calls(devidp) - before
@@ -230,7 +250,7 @@ async def test_a_session_ended_at_centralauth_costs_at_most_a_handful_of_calls_w
     print(f"dead cookie, 300 agents: {concurrent_calls} userinfo calls concurrently, {calls} with sequential")
     assert statuses == [401] * 600
     assert calls <= 3
-    revoked = proxy.app[RUNTIME].metrics.registry.get_sample_value("authproxy_sessions_revoked_total")
+    revoked = proxy.app[LIVE].runtime.metrics.registry.get_sample_value("authproxy_sessions_revoked_total")
     assert revoked == 1  # one revocation audited, not 600
 
 
@@ -240,7 +260,7 @@ async def test_a_signed_out_cookie_replayed_costs_no_call(
 ) -> None:
     proxy = await proxy_factory(centralauth={"logout_session_wide": session_wide})
     await browser.login(f"{proxy.url}/", "ada@example.com")
-    cookie = browser.cookie(proxy.app[RUNTIME].cookie.name)
+    cookie = browser.cookie(proxy.app[LIVE].runtime.cookie.name)
     assert cookie
     async with browser.http.get(
         f"{proxy.url}/oauth2/sign_out", headers={"Sec-Fetch-Site": "same-origin"}, allow_redirects=False
@@ -255,7 +275,7 @@ async def test_a_signed_out_cookie_replayed_costs_no_call(
     assert statuses == [401] * 600
     assert await userinfo_calls(devidp) - before == 0
     async with ClientSession() as http:
-        headers = {"Cookie": f"{proxy.app[RUNTIME].cookie.name}={cookie}", "Accept": "text/html"}
+        headers = {"Cookie": f"{proxy.app[LIVE].runtime.cookie.name}={cookie}", "Accept": "text/html"}
         async with http.get(f"{proxy.url}/x", headers=headers, allow_redirects=False) as response:
             assert response.status == 302  # treated like no session: to the login, with the cookie cleared
             assert URL(response.headers["Location"]).path == "/oauth2/start"

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from authproxy.core.seal import Sealer
 from authproxy.errors import SessionTooLarge
-from authproxy.session import CookieStore, Sealer, Session
+from authproxy.session.model import Session
+from authproxy.session.store import CookieStore
 
 OLD = "o" * 32
 NEW = "n" * 40
 OTHER = "x" * 32
 
 
-def make_session(**overrides: object) -> Session:
-    values: dict[str, object] = {
+def make_session(**overrides: Any) -> Session:
+    values: dict[str, Any] = {
         "access_token": "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2Q0JDLUhTNTEyIn0..iv.ct.tag" + "A" * 300,
         "user_id": "6f1c2b9e-0d1e-4c5a-9a57-1d2f3e4a5b6c",
         "email": "ada@example.com",
@@ -25,7 +28,7 @@ def make_session(**overrides: object) -> Session:
         "expires_at": 2_000.0,
     }
     values.update(overrides)
-    return Session(**values)  # type: ignore[arg-type]
+    return Session(**values)
 
 
 def test_round_trip() -> None:
@@ -150,7 +153,9 @@ async def test_real_sized_session_fits_a_cookie_and_huge_one_is_refused() -> Non
         await store.save(make_session(access_token="t" * 3000))
 
 
-async def test_unsealed_sessions_are_memoized_bounded_and_still_expire() -> None:
+async def test_unsealed_sessions_are_memoized_bounded_and_still_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     now = [1_500.0]
     sealer = Sealer([NEW])
     store = CookieStore(sealer, "_authproxy", clock=lambda: now[0], memo_size=2)
@@ -162,7 +167,7 @@ async def test_unsealed_sessions_are_memoized_bounded_and_still_expire() -> None
         calls.append(value)
         return original(value, purpose)
 
-    sealer.unseal = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(sealer, "unseal", counting)
     for _ in range(3):
         assert (await store.load(values[0])) is not None
     assert len(calls) == 1  # decrypted once, then served from the memo

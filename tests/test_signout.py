@@ -7,26 +7,12 @@ import re
 from aiohttp import ClientSession
 from conftest import DevIdp, ProxyFactory
 from support.harness import BROWSER_UA, Browser, Proxy
+from support.logins import signed_in
 from yarl import URL
 
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 API = {"Accept": "application/json"}
-
-
-async def signed_in(proxy: Proxy, browser: Browser, email: str = "ada@example.com") -> str:
-    status, _, _ = await browser.login(f"{proxy.url}/", email)
-    assert status == 200
-    token = await current_token(proxy, browser)
-    assert token
-    return token
-
-
-async def current_token(proxy: Proxy, browser: Browser) -> str | None:
-    runtime = proxy.app[RUNTIME]
-    value = browser.cookie(runtime.cookie.name)
-    session = await runtime.store.load(value) if value else None
-    return session.access_token if session else None
 
 
 async def app_status(proxy: Proxy, browser: Browser) -> int:
@@ -37,7 +23,7 @@ async def app_status(proxy: Proxy, browser: Browser) -> int:
 async def test_same_origin_sign_out_ends_the_session_everywhere(
     proxy: Proxy, browser: Browser, devidp: DevIdp
 ) -> None:
-    token = await signed_in(proxy, browser)
+    token = (await signed_in(proxy, browser)).token
     headers = {"Sec-Fetch-Site": "same-origin"}
     async with browser.http.get(
         f"{proxy.url}/oauth2/sign_out?rd=/goodbye", headers=headers, allow_redirects=False
@@ -45,7 +31,7 @@ async def test_same_origin_sign_out_ends_the_session_everywhere(
         assert response.status == 302
         assert response.headers["Location"] == "/goodbye"
         assert response.headers["X-Authproxy"] == "1"
-    assert browser.cookie(proxy.app[RUNTIME].cookie.name) in (None, "")
+    assert browser.cookie(proxy.app[LIVE].runtime.cookie.name) in (None, "")
     assert await app_status(proxy, browser) == 401
     # The CentralAuth session itself is over: the token is refused even from the original browser.
     reply = await devidp.userinfo(token, domain=proxy.url, ip="127.0.0.1", user_agent=BROWSER_UA)
@@ -66,7 +52,7 @@ async def test_post_from_the_proxy_origin_signs_out(proxy: Proxy, browser: Brows
 
 async def test_local_only_sign_out(proxy_factory: ProxyFactory, browser: Browser, devidp: DevIdp) -> None:
     proxy = await proxy_factory(centralauth={"logout_session_wide": False})
-    token = await signed_in(proxy, browser)
+    token = (await signed_in(proxy, browser)).token
     async with browser.http.get(
         f"{proxy.url}/oauth2/sign_out", headers={"Sec-Fetch-Site": "same-origin"}, allow_redirects=False
     ) as response:
@@ -122,7 +108,7 @@ async def test_a_token_from_another_browser_is_refused(proxy: Proxy, browser: Br
 async def test_centralauth_failure_still_signs_out_locally_and_says_so(
     proxy: Proxy, browser: Browser, devidp: DevIdp
 ) -> None:
-    token = await signed_in(proxy, browser)
+    token = (await signed_in(proxy, browser)).token
     await devidp.fault("logout", status=503, count=2)
     async with browser.http.get(
         f"{proxy.url}/oauth2/sign_out", headers={"Sec-Fetch-Site": "same-origin"}, allow_redirects=False
@@ -138,7 +124,7 @@ async def test_centralauth_failure_still_signs_out_locally_and_says_so(
 
 
 async def test_one_retry_recovers_a_blip(proxy: Proxy, browser: Browser, devidp: DevIdp) -> None:
-    token = await signed_in(proxy, browser)
+    token = (await signed_in(proxy, browser)).token
     await devidp.fault("logout", status=0, count=1)
     async with browser.http.get(
         f"{proxy.url}/oauth2/sign_out", headers={"Sec-Fetch-Site": "same-origin"}, allow_redirects=False

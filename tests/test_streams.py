@@ -17,8 +17,9 @@ import pytest
 from conftest import DevIdp, ProxyFactory
 from support.harness import Browser, Proxy
 from support.kernel import KernelState
+from support.logins import signed_in
 
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 EMAIL = "ada@example.com"
 TTL = 1.0
@@ -31,11 +32,6 @@ async def streaming_proxy(
 ) -> Proxy:
     _, url = kernel
     return await proxy_factory(upstreams=[{"url": url}], centralauth={"session_check_ttl": ttl}, **overrides)
-
-
-async def signed_in(proxy: Proxy, browser: Browser) -> None:
-    status, _, _ = await browser.login(f"{proxy.url}/", EMAIL)
-    assert status == 200
 
 
 async def first_event(response: aiohttp.ClientResponse) -> bytes:
@@ -60,7 +56,7 @@ async def test_a_logout_at_centralauth_cuts_the_stream_within_the_ttl(
     state, _ = kernel
     proxy = await streaming_proxy(proxy_factory, kernel)
     await signed_in(proxy, browser)
-    connections = proxy.app[RUNTIME].connections
+    connections = proxy.app[LIVE].runtime.connections
     async with browser.http.get(f"{proxy.url}/events", headers=EVENTS) as response:
         assert (await first_event(response)).startswith(b"data: tick")
         assert connections.count("stream") == 1
@@ -91,7 +87,7 @@ async def test_sign_out_cuts_an_idle_stream_at_once(
         await until_cut(response, 3)
     assert time.monotonic() - started < 1  # the sign-out's own round trips included
     await state.wait_for(lambda: state.streams_left == 1)
-    assert len(proxy.app[RUNTIME].connections) == 0
+    assert len(proxy.app[LIVE].runtime.connections) == 0
 
 
 async def test_streams_of_valid_sessions_and_anonymous_ones_go_on(
@@ -99,7 +95,7 @@ async def test_streams_of_valid_sessions_and_anonymous_ones_go_on(
 ) -> None:
     proxy = await streaming_proxy(proxy_factory, kernel, ttl=0.3, routes={"skip_auth": ["^/public/"]})
     await signed_in(proxy, browser)
-    connections = proxy.app[RUNTIME].connections
+    connections = proxy.app[LIVE].runtime.connections
     async with aiohttp.ClientSession() as anonymous:
         async with anonymous.get(f"{proxy.url}/public/events", headers=EVENTS) as response:
             await first_event(response)

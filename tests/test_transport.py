@@ -17,17 +17,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from conftest import ProxyFactory
-from support.chaos import LogCheck, RawRequest, RawServer, exchange, status_of
+from pytest_aiohttp import AiohttpServer
+from support.chaos import Behaviour, RawRequest, RawServer, exchange, send_raw, status_of
 
 PUBLIC = {"skip_auth": ["^/"]}
 
 
-@pytest.fixture
-def logs(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> LogCheck:
-    return LogCheck(capfd, caplog)
-
-
-def late(first: bytes, then: bytes, delay: float = 0.2) -> object:
+def late(first: bytes, then: bytes, delay: float = 0.2) -> Behaviour:
     """An upstream behaviour: answer with `first`, then, `delay` later on the same connection, `then`."""
 
     async def behaviour(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
@@ -65,7 +61,7 @@ async def test_a_late_body_never_becomes_the_next_users_answer(
     proxy_factory: ProxyFactory, case: str
 ) -> None:
     method, first = NO_BODY_ANSWERS[case]
-    upstream = await RawServer(behaviour=late(first, SMUGGLED)).start()  # type: ignore[arg-type]
+    upstream = await RawServer(behaviour=late(first, SMUGGLED)).start()
     try:
         proxy = await proxy_factory(routes=PUBLIC, upstreams=[{"url": upstream.url, "timeout": 2}])
         async with aiohttp.ClientSession() as http:
@@ -86,7 +82,7 @@ async def test_a_late_body_never_becomes_the_next_users_answer(
 async def test_bytes_beyond_the_framing_condemn_the_connection(
     proxy_factory: ProxyFactory, case: str, delay: float
 ) -> None:
-    upstream = await RawServer(behaviour=late(FRAMED_ANSWERS[case], SMUGGLED, delay)).start()  # type: ignore[arg-type]
+    upstream = await RawServer(behaviour=late(FRAMED_ANSWERS[case], SMUGGLED, delay)).start()
     try:
         proxy = await proxy_factory(routes=PUBLIC, upstreams=[{"url": upstream.url, "timeout": 2}])
         async with aiohttp.ClientSession() as http:
@@ -101,24 +97,13 @@ async def test_bytes_beyond_the_framing_condemn_the_connection(
         await upstream.stop()
 
 
-def answering(data: bytes) -> object:
-    """An upstream behaviour: answer every request with exactly `data`, keeping the connection."""
-
-    async def behaviour(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
-        writer.write(data)
-        await writer.drain()
-        return True
-
-    return behaviour
-
-
 async def test_trailers_never_become_headers(proxy_factory: ProxyFactory) -> None:
     answer = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Set-Cookie\r\n\r\n"
         b"2\r\nok\r\n0\r\nSet-Cookie: session=attacker\r\nX-Trailer: t\r\n\r\n"
     )
 
-    upstream = await RawServer(behaviour=answering(answer)).start()  # type: ignore[arg-type]
+    upstream = await RawServer(behaviour=send_raw(answer, keep_open=True)).start()
     try:
         proxy = await proxy_factory(routes=PUBLIC, upstreams=[{"url": upstream.url, "timeout": 2}])
         raw = await exchange(int(proxy.url.rsplit(":", 1)[1]), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", wait=0.5)
@@ -135,7 +120,7 @@ async def test_every_connection_header_line_is_honoured(proxy_factory: ProxyFact
         b"X-Kept: 1\r\nContent-Length: 2\r\n\r\nok"
     )
 
-    upstream = await RawServer(behaviour=answering(answer)).start()  # type: ignore[arg-type]
+    upstream = await RawServer(behaviour=send_raw(answer, keep_open=True)).start()
     try:
         proxy = await proxy_factory(routes=PUBLIC, upstreams=[{"url": upstream.url, "timeout": 2}])
         async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/") as response:
@@ -180,9 +165,9 @@ async def upload_app() -> web.Application:
 
 
 async def test_a_slow_upload_passes_while_bytes_flow(
-    proxy_factory: ProxyFactory, aiohttp_server: object
+    proxy_factory: ProxyFactory, aiohttp_server: AiohttpServer
 ) -> None:
-    server = await aiohttp_server(await upload_app())  # type: ignore[operator]
+    server = await aiohttp_server(await upload_app())
     url = str(server.make_url("")).rstrip("/")
     proxy = await proxy_factory(routes=PUBLIC, upstreams=[{"url": url, "timeout": 1}])
 
@@ -259,12 +244,12 @@ async def download_app() -> web.Application:
 
 
 async def test_slow_readers_cannot_hang_other_users(
-    proxy_factory: ProxyFactory, aiohttp_server: object
+    proxy_factory: ProxyFactory, aiohttp_server: AiohttpServer
 ) -> None:
     """More clients than upstream connections each start a large download and never read it. Another
     user's request is answered (200, or 503 while the pool is full) within a bounded time, and the
     stalled downloads are cut after `send_timeout`, which frees the pool."""
-    server = await aiohttp_server(await download_app())  # type: ignore[operator]
+    server = await aiohttp_server(await download_app())
     url = str(server.make_url("")).rstrip("/")
     proxy = await proxy_factory(
         routes=PUBLIC,

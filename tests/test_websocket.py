@@ -20,6 +20,7 @@ from aiohttp import WSMsgType
 from conftest import DevIdp, ProxyFactory
 from support.harness import BROWSER_UA, Browser, Proxy
 from support.kernel import KernelState
+from support.logins import signed_in
 from support.rawws import (
     BINARY,
     CLOSE,
@@ -32,7 +33,7 @@ from support.rawws import (
 )
 
 from authproxy.app import reload
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 from authproxy.watch import STREAM, WEBSOCKET, Connections, RegistryFull, Verdict, keep_checking, token_digest
 from authproxy.websocket import origin_allowed
 
@@ -48,11 +49,6 @@ MiB = 1 << 20
 
 def ws_url(proxy: Proxy, path: str) -> str:
     return proxy.url.replace("http://", "ws://") + path
-
-
-async def signed_in(proxy: Proxy, browser: Browser, email: str = EMAIL) -> None:
-    status, _, _ = await browser.login(f"{proxy.url}/", email)
-    assert status == 200
 
 
 # --- the JupyterLab pattern: Host, Origin, and the kernel's own refusal ------------------------------------
@@ -184,7 +180,7 @@ async def test_a_silent_upstream_is_a_504_and_an_unreachable_one_a_502(proxy_fac
         with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
             await http.ws_connect(ws_url(proxy, "/socket"))
         assert caught.value.status == 502
-    assert len(proxy.app[RUNTIME].connections) == 0
+    assert len(proxy.app[LIVE].runtime.connections) == 0
 
 
 # --- Origin ------------------------------------------------------------------------------------------------
@@ -225,9 +221,9 @@ async def test_a_foreign_origin_is_refused_before_anything_is_spent_on_it(
     await signed_in(proxy, browser)
     await devidp.call("DELETE", "/_devidp/stats")
     channel = ws_url(proxy, "/api/kernels/k1/channels")
-    for origin in ("https://evil.example", "null"):
+    for foreign in ("https://evil.example", "null"):
         with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
-            await browser.http.ws_connect(channel, origin=origin)
+            await browser.http.ws_connect(channel, origin=foreign)
         assert caught.value.status == 403
     async with browser.http.get(
         f"{proxy.url}/api/kernels/k1/channels",
@@ -268,7 +264,7 @@ async def test_beyond_max_open_a_handshake_gets_503(
             assert (await response.json())["error"] == "websocket_limit"
         await sockets.pop().close()
         for _ in range(50):  # the slot is given back once the bridge has closed both legs
-            if proxy.app[RUNTIME].connections.count("websocket") < 3:
+            if proxy.app[LIVE].runtime.connections.count("websocket") < 3:
                 break
             await asyncio.sleep(0.02)
         sockets.append(await http.ws_connect(channel))
@@ -294,8 +290,8 @@ async def test_600_open_websockets_do_not_starve_logins_or_session_checks(
     sockets = await asyncio.gather(*(many.ws_connect(channel) for _ in range(600)))
     try:
         await state.wait_for(lambda: state.open_sockets == 600, within=30)
-        assert proxy.app[RUNTIME].connections.count("websocket") == 600
-        runtime = proxy.app[RUNTIME]
+        assert proxy.app[LIVE].runtime.connections.count("websocket") == 600
+        runtime = proxy.app[LIVE].runtime
         started = time.monotonic()
         newcomer = Browser()
         try:
@@ -499,12 +495,14 @@ async def test_the_websocket_pool_is_not_centralauths(
     proxy = await proxy_factory(
         upstreams=[{"url": url}], routes={"skip_auth": ["^/"]}, websocket={"max_open": 5}
     )
-    runtime = proxy.app[RUNTIME]
+    runtime = proxy.app[LIVE].runtime
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(ws_url(proxy, "/api/kernels/k1/channels")) as ws:
             await ws.send_str("x")
             await ws.receive_str(timeout=5)
-            session = runtime.websockets.session(runtime.config.upstreams[0])[0]
+            upstream = runtime.router.pick("/api/kernels/k1/channels")
+            assert upstream is not None
+            session = runtime.websockets.session(upstream)[0]
             assert session is not runtime.http
             assert session.connector is not None and session.connector.limit == 5
             assert runtime.http.connector is not None and runtime.http.connector.limit == 512
@@ -572,12 +570,14 @@ async def test_deadlines_and_failures_end_the_connection() -> None:
 
 async def test_max_open_is_kept_until_a_restart(proxy_factory: ProxyFactory) -> None:
     proxy = await proxy_factory(websocket={"max_open": 3})
-    runtime = proxy.app[RUNTIME]
+    runtime = proxy.app[LIVE].runtime
     clients, connections = runtime.websocket_clients, runtime.connections
     changed = proxy.config.model_copy(
         update={"websocket": proxy.config.websocket.model_copy(update={"max_open": 10})}
     )
     assert reload(proxy.app, changed) == ["websocket.max_open"]
-    assert runtime.config.websocket.max_open == 3
+    fresh = proxy.app[LIVE].runtime
+    assert fresh is not runtime
+    assert fresh.config.websocket.max_open == 3
     # The open sockets, and the pool they hold, are the process's: a reload keeps both.
-    assert runtime.websocket_clients is clients and runtime.connections is connections
+    assert fresh.websocket_clients is clients and fresh.connections is connections

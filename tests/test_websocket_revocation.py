@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,10 +22,11 @@ from aiohttp import WSMsgType
 from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ProxyFactory
 from support.harness import BROWSER_UA, Browser, Proxy, start_proxy
 from support.kernel import KernelState
+from support.logins import signed_in
 from support.redis_server import RedisServer
 
 from authproxy.app import reload
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 EMAIL = "ada@example.com"
 TTL = 1.0
@@ -47,8 +46,7 @@ async def jupyter(proxy_factory: ProxyFactory, kernel: tuple[KernelState, str], 
 
 
 async def open_kernel(proxy: Proxy, browser: Browser, email: str = EMAIL) -> aiohttp.ClientWebSocketResponse:
-    status, _, _ = await browser.login(f"{proxy.url}/", email)
-    assert status == 200
+    await signed_in(proxy, browser, email)
     return await kernel_socket(proxy, browser.http)
 
 
@@ -82,7 +80,7 @@ async def kernel_closed(state: KernelState, code: int) -> None:
 
 
 async def empty_registry(proxy: Proxy) -> None:
-    connections = proxy.app[RUNTIME].connections
+    connections = proxy.app[LIVE].runtime.connections
     for _ in range(100):
         if len(connections) == 0:
             break
@@ -240,14 +238,6 @@ async def test_an_outage_closes_nothing_and_the_check_resumes_after_it(
 # --- Redis: every replica -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 async def replicas(
     proxy_factory: ProxyFactory, kernel: tuple[KernelState, str], redis_server: RedisServer
 ) -> tuple[Proxy, Proxy]:
@@ -267,8 +257,7 @@ async def test_sign_out_on_one_replica_closes_the_socket_on_another_at_once(
     proxy_factory: ProxyFactory, kernel: tuple[KernelState, str], redis_server: RedisServer, browser: Browser
 ) -> None:
     first, second = await replicas(proxy_factory, kernel, redis_server)
-    status, _, _ = await browser.login(f"{first.url}/", EMAIL)
-    assert status == 200
+    await signed_in(first, browser, EMAIL)
     ws = await kernel_socket(second, browser.http)
     async with browser.http.post(
         f"{first.url}/oauth2/sign_out", headers={"Origin": first.url}, allow_redirects=False
@@ -288,16 +277,12 @@ async def test_a_revocation_seen_by_one_replica_closes_sockets_on_another_at_onc
     devidp: DevIdp,
 ) -> None:
     first, second = await replicas(proxy_factory, kernel, redis_server)
-    status, _, _ = await browser.login(f"{first.url}/", EMAIL)
-    assert status == 200
+    session = await signed_in(first, browser, EMAIL)
     ws = await kernel_socket(second, browser.http)
     await devidp.end_sessions(EMAIL)
     # The first replica asks CentralAuth afresh (its cached answer dropped), learns the session is over,
     # records the token dead and tells every replica.
-    runtime = first.app[RUNTIME]
-    session = await runtime.store.load(browser.cookie(runtime.cookie.name) or "")
-    assert session is not None
-    runtime.checker.evict(session.access_token)
+    first.app[LIVE].runtime.checker.evict(session.token)
     started = time.monotonic()
     async with aiohttp.ClientSession(cookie_jar=browser.jar, headers={"User-Agent": BROWSER_UA}) as http:
         async with http.get(f"{first.url}/api/status", headers={"Accept": "application/json"}) as response:

@@ -20,8 +20,31 @@ Chunked trailers are parsed and dropped, never promoted to headers. Errors are t
         response.release()
 """
 
-from authproxy.h1.errors import PoolExhausted, UpstreamError, UpstreamTimeout
-from authproxy.h1.pool import Pool, Response
-from authproxy.h1.wire import BodySource, Origin
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from authproxy.h1.errors import PoolExhausted, UpstreamError, UpstreamTimeout
+    from authproxy.h1.pool import Pool, Response
+    from authproxy.h1.wire import BodySource, Origin
+
+# The package's API, loaded on first use: importing one submodule does not import the others.
+_HOMES = {
+    "BodySource": "authproxy.h1.wire",
+    "Origin": "authproxy.h1.wire",
+    "Pool": "authproxy.h1.pool",
+    "Response": "authproxy.h1.pool",
+    "PoolExhausted": "authproxy.h1.errors",
+    "UpstreamError": "authproxy.h1.errors",
+    "UpstreamTimeout": "authproxy.h1.errors",
+}
 __all__ = ["BodySource", "Origin", "Pool", "PoolExhausted", "Response", "UpstreamError", "UpstreamTimeout"]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

@@ -43,8 +43,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from authproxy.core.user import User
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
-from authproxy.provider.user import User
 
 Key = tuple[bytes, str, bytes]  # token digest, client IP, user-agent digest
 Fetch = Callable[[str, str, str], Awaitable[User]]
@@ -187,9 +187,14 @@ class SessionChecker:
         wait: float = 5.0,
         shared: SharedDeadTokens | None = None,
         clock: Callable[[], float] = time.monotonic,
+        dead: DeadTokens | None = None,
+        longest_ttl: float = 0.0,
     ) -> None:
+        """`dead` carries a former checker's memory of dead tokens over (a reload must not forget a
+        sign-out); it must run on the same clock."""
         self._fetch = fetch
         self._ttl = ttl
+        self._horizon = max(ttl, longest_ttl)  # how long an entry may still answer some caller
         self._stale_grace = stale_grace
         self._max = max_entries
         self._dead_lifetime = dead_lifetime
@@ -198,7 +203,7 @@ class SessionChecker:
         self._clock = clock
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._by_token = _TokenIndex()
-        self.dead = DeadTokens(max_entries, clock)
+        self.dead = dead if dead is not None else DeadTokens(max_entries, clock)
         self._inflight: dict[Key, asyncio.Future[User]] = {}
         # The latest call started for each token, whatever its key: a miss under another key waits for it.
         self._inflight_token: dict[bytes, asyncio.Future[User]] = {}
@@ -213,9 +218,16 @@ class SessionChecker:
         return len(self._entries)
 
     async def check(
-        self, token: str, client_ip: str, user_agent: str, *, lifetime: float | None = None
+        self,
+        token: str,
+        client_ip: str,
+        user_agent: str,
+        *,
+        lifetime: float | None = None,
+        ttl: float | None = None,
     ) -> Outcome:
-        """The user behind `token` as CentralAuth sees it now (or within the TTL).
+        """The user behind `token` as CentralAuth sees it now (or within the TTL: `ttl`, a route's own,
+        or the checker's; 0 asks CentralAuth every time, and the answer still serves other routes).
 
         `lifetime` is how long the session has left; a token found dead is remembered that long (at most
         `dead_lifetime`). Raises `SessionKnownDead` for a token already known dead, `SessionRejected` when
@@ -224,15 +236,22 @@ class SessionChecker:
         digest = self._digests.get(token) or self._digest(token)
         key = (digest, client_ip, self._agents.get(user_agent) or self._agent(user_agent))
         entry = self._entries.get(key)
+        fresh_for = self._ttl if ttl is None else ttl
         # A hit needs no dead-token lookup: marking a token dead evicts its entries, and none is stored
         # for a dead token.
-        if entry is not None and self._clock() - entry.fetched_at < self._ttl:
+        if entry is not None and self._clock() - entry.fetched_at < fresh_for:
             self._entries.move_to_end(key)
             return Outcome(entry.user, "hit")
-        return await self._miss(key, token, client_ip, user_agent, lifetime)
+        return await self._miss(key, token, client_ip, user_agent, lifetime, fresh_for)
 
     async def _miss(
-        self, key: Key, token: str, client_ip: str, user_agent: str, lifetime: float | None
+        self,
+        key: Key,
+        token: str,
+        client_ip: str,
+        user_agent: str,
+        lifetime: float | None,
+        fresh_for: float,
     ) -> Outcome:
         digest = key[0]
         deadline: float | None = None  # loop time until which a miss waits on another key's call
@@ -240,7 +259,7 @@ class SessionChecker:
             if self.dead.holds(digest):
                 raise SessionKnownDead()
             entry = self._entries.get(key)
-            if entry is not None and self._clock() - entry.fetched_at < self._ttl:
+            if entry is not None and self._clock() - entry.fetched_at < fresh_for:
                 self._entries.move_to_end(key)
                 return Outcome(entry.user, "hit")
             task = self._inflight.get(key)
@@ -388,7 +407,7 @@ class SessionChecker:
         self._by_token.add(key)
         # Past its TTL and stale window an entry can never answer again; dropping those from the LRU end
         # keeps memory to the sessions in use, instead of growing until max_entries pushes them out.
-        useful = self._ttl + self._stale_grace
+        useful = self._horizon + self._stale_grace
         while self._entries:
             oldest = next(iter(self._entries.values()))
             if len(self._entries) <= self._max and now - oldest.fetched_at < useful:

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from authproxy.core.user import User
 from authproxy.errors import CentralAuthUnavailable, LoginRejected, SessionRejected
-from authproxy.provider.user import User
 
 MAX_BODY = 1 << 20  # a real answer is a few hundred bytes; anything huge is a broken upstream
 

@@ -8,27 +8,31 @@ has vouched for the user and the `[authorization]` rules have admitted them.
 from __future__ import annotations
 
 import math
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import structlog
 from aiohttp import web
 
 from authproxy import audit, pages
-from authproxy.authorization import denial
+from authproxy.context import RUNTIME, end_user_ip, request_id, user_agent
+from authproxy.core.authorization import Rules, denial
+from authproxy.core.paths import AmbiguousTarget
+from authproxy.core.redirect import safe_return_url
+from authproxy.core.transaction import TTL, LoginTransaction
 from authproxy.errors import (
     AccessDenied,
+    AffirmationMismatch,
     AuthproxyError,
     LoginError,
     LoginExpired,
     LoginRejected,
     SessionRejected,
 )
+from authproxy.gate import load_session, start_url
 from authproxy.logs import fingerprint
-from authproxy.redirect import safe_return_url
-from authproxy.routes.common import end_user_ip, render_error, request_id, user_agent
-from authproxy.runtime import RUNTIME, Runtime
+from authproxy.routes.common import render_error
+from authproxy.runtime import Runtime
 from authproxy.session.model import Session
-from authproxy.transaction import TTL, LoginTransaction
 
 log = structlog.get_logger("authproxy.login")
 
@@ -38,12 +42,8 @@ MAX_RETURN_URL = 2048
 REFERRER_POLICY = {"Referrer-Policy": "strict-origin-when-cross-origin"}
 
 
-def start_url(runtime: Runtime, return_to: str) -> str:
-    return f"{runtime.prefix}/start?{urlencode({'rd': return_to})}"
-
-
 async def start(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    runtime = request[RUNTIME]
     # X-Auth-Request-Redirect lets a fronting proxy pass the original URL without having to encode it.
     target = (
         request.query.get("rd")
@@ -56,17 +56,21 @@ async def start(request: web.Request) -> web.Response:
         # The transaction cookie must fit in 4 KB; an over-long deep link is not worth a failed login.
         log.info("login.return_url_too_long", length=len(return_to))
         return_to = "/"
-    transaction = LoginTransaction.new(return_to, now)
-    query = urlencode(
-        {
-            "client_id": runtime.config.centralauth.client_id,
-            "redirect_uri": runtime.callback_url,
-            "response_type": "code",
-            "state": transaction.state,
-            "code_challenge": transaction.challenge,
-            "code_challenge_method": "S256",
-        }
-    )
+    # `affirm=1` (a step-up): CentralAuth asks the signed-in user to sign in again, e-mail pre-filled,
+    # and the callback accepts only the same user. Without a session there is nothing to affirm.
+    affirming = await load_session(request, runtime) if request.query.get("affirm") == "1" else None
+    transaction = LoginTransaction.new(return_to, now, affirming.user_id if affirming is not None else "")
+    parameters = {
+        "client_id": runtime.config.centralauth.client_id,
+        "redirect_uri": runtime.callback_url,
+        "response_type": "code",
+        "state": transaction.state,
+        "code_challenge": transaction.challenge,
+        "code_challenge_method": "S256",
+    }
+    if affirming is not None:
+        parameters |= {"affirm": "1", "email": affirming.email}
+    query = urlencode(parameters)
     response = web.Response(
         status=302, headers={"Location": f"{runtime.login_url}?{query}", **REFERRER_POLICY, **pages.MARKER}
     )
@@ -86,7 +90,7 @@ async def start(request: web.Request) -> web.Response:
 
 
 async def callback(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    runtime = request[RUNTIME]
     state = request.query.get("state")
     try:
         response = await _complete_login(request, runtime, state)
@@ -124,11 +128,15 @@ async def _complete_login(request: web.Request, runtime: Runtime, state: str | N
     provider = runtime.provider
     tokens = await provider.verify(code, runtime.callback_url, transaction.verifier)
     try:
-        userinfo = runtime.userinfo or provider.userinfo
-        user = await userinfo(tokens.access_token, end_user_ip(request), user_agent(request))
+        user = await runtime.userinfo(tokens.access_token, end_user_ip(request), user_agent(request))
     except SessionRejected as exc:
         raise LoginRejected(exc.error_code) from None
-    rule = denial(user, runtime.rules)
+    if transaction.affirm_user and user.id != transaction.affirm_user:
+        # The official library compares e-mails only; the id is what identifies the account. The session
+        # that asked for the affirmation stays as it was: the cookie is not touched.
+        audit.event("login.affirmation_mismatch", request_id(request), user=user.id)
+        raise AffirmationMismatch()
+    rule = denial(user, _login_rules(runtime, transaction.return_to))
     if rule is not None:
         raise AccessDenied(rule)
 
@@ -136,6 +144,8 @@ async def _complete_login(request: web.Request, runtime: Runtime, state: str | N
     lifetime = min(tokens.expires_in, max_age) if tokens.expires_in is not None else max_age
     session = Session(tokens.access_token, user.id, user.email, now, now + lifetime)
     value = await runtime.store.save(session)
+    if transaction.affirm_user:
+        await _retire_affirmed(request, runtime, tokens.access_token)
     response = web.Response(status=302, headers={"Location": transaction.return_to, **pages.MARKER})
     runtime.cookie.set(response, value, max_age=math.floor(lifetime))
     audit.event("login.success", request_id(request), user=user.id, session=fingerprint(tokens.access_token))
@@ -143,7 +153,30 @@ async def _complete_login(request: web.Request, runtime: Runtime, state: str | N
     return response
 
 
+def _login_rules(runtime: Runtime, return_to: str) -> Rules:
+    """Who may sign in: the rules of the route the login returns to (its own allow-lists may admit
+    someone the global ones do not, for that route only: every other request is judged by its own
+    route again), else the global `[authorization]` rules."""
+    parts = urlsplit(return_to)
+    try:
+        path = runtime.targets(parts.path or "/").path
+    except AmbiguousTarget:
+        return runtime.rules
+    route = runtime.route_table.match(parts.netloc or runtime.public_host, "GET", path)
+    return route.rules or runtime.rules
+
+
+async def _retire_affirmed(request: web.Request, runtime: Runtime, new_token: str) -> None:
+    """After an affirmation the new session replaces the one that asked for it: that one's token is
+    refused from now on (on every replica), so a copy of the old cookie cannot outlive the step-up."""
+    old = await load_session(request, runtime)
+    if old is None or old.access_token == new_token:
+        return
+    await runtime.checker.revoke(old.access_token, old.expires_at - runtime.clock())
+    await runtime.store.delete(runtime.session_cookie(request) or "")
+
+
 async def sign_in(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    runtime = request[RUNTIME]
     target = safe_return_url(request.query.get("rd") or request.query.get("return_to"), runtime.redirects)
     return pages.sign_in_page(start_url(runtime, target), request_id(request), runtime.branding)

@@ -1,9 +1,7 @@
-"""Request-level helpers shared by the routes: request ids, client identity, and error answers."""
+"""What every route shares: the request middleware, and error answers as JSON or as a page."""
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
@@ -11,9 +9,11 @@ import structlog
 from aiohttp import web
 
 from authproxy import pages
+from authproxy.context import RUNTIME, api_client, begin, request_id
 from authproxy.cookies import ConflictingCookies
 from authproxy.errors import (
     AccessDenied,
+    AffirmationMismatch,
     AuthproxyError,
     CentralAuthUnavailable,
     LoginError,
@@ -22,80 +22,19 @@ from authproxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from authproxy.headers import combined
-from authproxy.runtime import RUNTIME
+from authproxy.runtime import LIVE
 
 log = structlog.get_logger("authproxy")
 
-REQUEST_ID = web.RequestKey("request_id", str)
-# The end user's IP, worked out once per request by `request_context`: the session check, the
-# upstream's X-Forwarded-For and the access log all use this one value.
-CLIENT_IP = web.RequestKey("client_ip", str)
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class RequestIds:
-    """Fresh request ids of 96 random bits, drawn from the OS in batches rather than one call per id."""
-
-    def __init__(self, batch: int = 256) -> None:
-        self._size = 12 * batch
-        self._pool = b""
-        self._next = self._size
-        # A forked child must not hand out the ids its parent has drawn already.
-        os.register_at_fork(after_in_child=self._discard)
-
-    def _discard(self) -> None:
-        self._next = self._size
-
-    def __call__(self) -> str:
-        start = self._next
-        if start >= self._size:
-            self._pool = os.urandom(self._size)
-            start = 0
-        self._next = start + 12
-        return self._pool[start : start + 12].hex()
-
-
-new_request_id = RequestIds()
-
-
-def request_id(request: web.Request) -> str:
-    return str(request.get(REQUEST_ID, ""))
-
-
-def peer_trusted(request: web.Request) -> bool:
-    return request.app[RUNTIME].client_ips.peer_trusted(request.remote)
-
-
-def end_user_ip(request: web.Request) -> str:
-    return request[CLIENT_IP]
-
-
-def _end_user_ip(request: web.Request) -> str:
-    forwarded_for = combined(request.headers.getall("X-Forwarded-For", ()))
-    return request.app[RUNTIME].client_ips.client(request.remote, forwarded_for)
-
-
-def user_agent(request: web.Request) -> str:
-    return request.headers.get("User-Agent", "")
-
-
-def api_client(request: web.Request) -> bool:
-    return pages.wants_json(
-        request.headers.get("Accept", ""), request.headers.get("X-Requested-With", ""), api_route=False
-    )
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id (a trusted proxy's, or a fresh one) and render AuthproxyErrors."""
-    incoming = request.headers.get("X-Request-Id", "")
-    trusted = incoming and _REQUEST_ID_RE.fullmatch(incoming) and peer_trusted(request)
-    rid = incoming if trusted else new_request_id()
-    request[REQUEST_ID] = rid
-    request[CLIENT_IP] = _end_user_ip(request)
-    metrics = request.app[RUNTIME].metrics
+    """Start every request on the live runtime (`context.begin`), and render AuthproxyErrors."""
+    runtime = request.app[LIVE].runtime
+    rid = begin(request, runtime)
+    metrics = runtime.metrics
     metrics.request_started()
     try:
         response = await handler(request)
@@ -119,7 +58,7 @@ def render_error(
     """
     rid = request_id(request)
     log.info("request.error", code=exc.code, status=exc.status, detail=exc.detail, request_id=rid)
-    runtime = request.app[RUNTIME]
+    runtime = request[RUNTIME]
     if api_client(request):
         response = pages.json_error(exc.status, exc.code, exc.public, rid)
     else:
@@ -139,12 +78,15 @@ def _ways_on(
     request: web.Request, exc: AuthproxyError, return_to: str | None, signed_in: bool
 ) -> tuple[str, tuple[pages.Action, ...]]:
     """What an error page adds to the error's message: a note, and its buttons."""
-    prefix = request.app[RUNTIME].prefix
+    prefix = request[RUNTIME].prefix
     # Where the user was going: the login's own target at the callback, else this page (a GET only:
     # following a link repeats no form submission).
     here = request.path_qs if request.method in ("GET", "HEAD") else "/"
     target = return_to or (here if not request.path.startswith(f"{prefix}/") else "/")
     start = f"{prefix}/start?{urlencode({'rd': target})}"
+    if isinstance(exc, AffirmationMismatch):
+        # The session that asked for the affirmation is untouched: back to where it was going.
+        return "", (pages.Action(return_to or "/", "Back"),)
     if isinstance(exc, AccessDenied):
         if signed_in:
             note = "You are signed in, but cannot use this application with this account."

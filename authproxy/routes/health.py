@@ -1,21 +1,22 @@
 """Liveness (`/ping`) and readiness (`/ready`).
 
-Readiness fails only when the proxy itself cannot work (no configuration, or its Redis session store
-unreachable); a CentralAuth that does not answer is reported as "degraded" in the body without failing
-the probe, so a blip at the identity
-provider does not pull every replica out of the load balancer at once. The probe of CentralAuth is
+Readiness checks what a request depends on at run time: CentralAuth (its discovery document answers)
+and, with the Redis store, Redis (it answers PING). It fails only when Redis does not answer: without
+its session store a replica can serve no one. A CentralAuth that does not answer is reported as
+"degraded" in the body without failing the probe, so a blip at the identity provider does not pull
+every replica out of the load balancer at once. (The configuration needs no check: a worker with an
+invalid one never starts, and a reload that fails keeps the running one.) The probe of CentralAuth is
 cached for a few seconds so that frequent readiness checks do not become load on it.
 """
 
 from __future__ import annotations
 
-import time
-
 import aiohttp
 from aiohttp import web
 
-from authproxy.runtime import RUNTIME, Runtime
-from authproxy.session import redis_store
+from authproxy.context import RUNTIME
+from authproxy.runtime import Runtime
+from authproxy.session.store import redis_store
 
 PROBE_CACHE = 5.0
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2)
@@ -27,8 +28,8 @@ async def ping(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    checks = {"config": "ok", "centralauth": await _centralauth(runtime)}
+    runtime = request[RUNTIME]
+    checks = {"centralauth": await _centralauth(runtime)}
     redis = redis_store(runtime.store)
     if redis is not None:
         checks["redis"] = "ok" if await redis.ping() else "unreachable"
@@ -43,7 +44,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def _centralauth(runtime: Runtime) -> str:
-    now = time.monotonic()
+    now = runtime.monotonic()
     cached = runtime.probe_cache.get("centralauth")
     if cached is not None and now - cached[0] < PROBE_CACHE:
         return cached[1]

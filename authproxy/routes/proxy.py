@@ -25,25 +25,30 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from authproxy import audit, pages, watch, websocket
-from authproxy.authorization import denial
-from authproxy.config import UpstreamConfig
+from authproxy import pages, watch, websocket
+from authproxy.context import RUNTIME, end_user_ip, peer_trusted, request_id, user_agent
+from authproxy.core.headers import combined, forwarded_value
+from authproxy.core.paths import AmbiguousTarget, CanonicalTargets, Target, split_absolute
+from authproxy.core.routing import Route, decide
+from authproxy.core.user import User
 from authproxy.errors import (
     AccessDenied,
     AmbiguousRequest,
     CentralAuthUnavailable,
-    SessionRejected,
     SessionStoreUnavailable,
 )
-from authproxy.headers import combined, forwarded_value
+from authproxy.forwarder import Upstream, forward
+from authproxy.gate import (
+    auth_mode,
+    check_session,
+    load_session,
+    step_up,
+    unauthenticated,
+    verify_session,
+    wants_json,
+)
 from authproxy.logs import fingerprint
-from authproxy.paths import AmbiguousTarget, CanonicalTargets, Target, split_absolute
-from authproxy.provider.checker import SessionKnownDead
-from authproxy.provider.user import User
-from authproxy.proxy import Upstream, forward
-from authproxy.routes.auth import start_url
-from authproxy.routes.common import end_user_ip, peer_trusted, request_id, user_agent
-from authproxy.runtime import RUNTIME, Runtime
+from authproxy.runtime import LIVE, Runtime
 from authproxy.session.model import Session
 from authproxy.watch import Verdict, token_digest
 
@@ -65,14 +70,18 @@ class _Stream:
 
 # The event stream being watched for a proxied request, if its answer is one.
 _STREAM = web.RequestKey("authproxy_stream", _Stream)
+# The route a proxied request fell under: an open connection is re-checked by its rules and TTL.
+_ROUTE = web.RequestKey("authproxy_route", Route)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
+    runtime = request[RUNTIME]
     # One canonical target decides everything below and is what the upstream receives.
     target = request_target(request, runtime.targets)
     path = target.path
-    upstream = runtime.router.pick(path)
+    # The Host header as sent is what the route is chosen by, and what the upstream receives.
+    route = request[_ROUTE] = runtime.route_table.match(request.headers.get("Host", ""), request.method, path)
+    upstream = runtime.upstream_for(route, path)
     if upstream is None:
         message = "No application is configured for this path."
         return pages.error_page(404, "Not found", message, request_id(request), branding=runtime.branding)
@@ -81,24 +90,41 @@ async def handle(request: web.Request) -> web.StreamResponse:
     # cookie (cross-site websocket hijacking, wherever SameSite lets the cookie go along).
     if upgrade and not _origin_allowed(request, runtime):
         raise websocket.ForeignOrigin()
+    auth = auth_mode(runtime, route, request.method, path)
     user: User | None = None
     session: Session | None = None
-    if not runtime.routes.skip_auth(request.method, path):
+    ended = False  # the request carried a session CentralAuth has ended: its cookie is cleared
+    if auth != "public":
         session = await load_session(request, runtime)
-        if session is None:
-            return unauthenticated(request, runtime, target)
-        user = await check_session(request, runtime, session)
-        if user is None:
-            response = unauthenticated(request, runtime, target)
-            runtime.cookie.clear(response)
+        if session is not None:
+            user = await check_session(
+                request, runtime, session, rules=route.rules, ttl=route.session_check_ttl
+            )
+            ended = user is None
+            if user is None:
+                session = None
+        if user is None and auth == "required":
+            response = unauthenticated(
+                request, runtime, target, api=wants_json(request, runtime, route, path)
+            )
+            if ended:
+                runtime.cookie.clear(response)
             return response
+        if user is not None and route.step_up_max_age is not None:
+            decision = decide(route, user, runtime.rules, runtime.clock())
+            if decision.outcome == "step-up":
+                return step_up(request, runtime, target, api=wants_json(request, runtime, route, path))
+    wire_target = route.forwarded_target(target)
     headers = _upstream_headers(request, runtime, upstream, user, session)
     if upgrade:
-        return await _websocket(request, runtime, upstream, target, headers, session)
-    on_prepare = None
-    if session is not None:
-        # Should the answer be an event stream, it is watched like a websocket while it streams.
-        def on_prepare(response: web.StreamResponse) -> None:
+        return await _websocket(request, runtime, upstream, wire_target, headers, session)
+
+    def on_prepare(response: web.StreamResponse) -> None:
+        if ended:
+            # An optional route answers anyway, anonymously; the dead cookie goes with the answer.
+            runtime.cookie.clear(response)
+        if session is not None:
+            # Should the answer be an event stream, it is watched like a websocket while it streams.
             _watch_event_stream(request, runtime, session, response)
 
     try:
@@ -107,9 +133,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
             request,
             upstream,
             headers,
-            target.wire_target,
+            wire_target,
             runtime.metrics.observe_upstream,
-            on_prepare,
+            on_prepare if ended or session is not None else None,
         )
     finally:
         stream = request.get(_STREAM)
@@ -145,69 +171,6 @@ def _utf8(headers: CIMultiDict[str]) -> bool:
     return True
 
 
-async def load_session(request: web.Request, runtime: Runtime) -> Session | None:
-    value = runtime.session_cookie(request)
-    return await runtime.store.load(value) if value else None
-
-
-async def check_session(request: web.Request, runtime: Runtime, session: Session) -> User | None:
-    """The user if CentralAuth (or the cache) vouches for the session now; None if it ended it.
-
-    An outage raises CentralAuthUnavailable (a 503, the session kept) unless the stale window covers it.
-    A token already known dead (signed out, or refused before) is None without asking anyone.
-    """
-    user, _ = await verify_session(
-        runtime,
-        session,
-        end_user_ip(request),
-        user_agent(request),
-        request_id(request),
-        lambda: runtime.session_cookie(request) or "",  # read only to delete an ended session
-    )
-    return user
-
-
-async def verify_session(
-    runtime: Runtime,
-    session: Session,
-    client_ip: str,
-    agent: str,
-    rid: str,
-    cookie_value: Callable[[], str],
-) -> tuple[User | None, str]:
-    """`check_session` for a given client IP and user agent, as at a websocket's handshake: the user (or
-    None) and where the answer came from (the checker's source, or "ended")."""
-    try:
-        outcome = await runtime.checker.check(
-            session.access_token, client_ip, agent, lifetime=session.expires_at - runtime.clock()
-        )
-    except SessionKnownDead:
-        return None, "ended"  # its end was audited, and its record deleted, when it was first seen
-    except SessionRejected as exc:
-        runtime.metrics.revoked.inc()
-        audit.event("session.revoked", rid, reason=exc.error_code, session=fingerprint(session.access_token))
-        # When the code says the session is over, the checker has already recorded the token dead and
-        # told the other replicas.
-        await runtime.store.delete(cookie_value())
-        return None, "ended"
-    runtime.metrics.count_session_check(outcome.source)
-    rule = denial(outcome.user, runtime.rules)
-    if rule is not None:
-        audit.event("access.denied", rid, rule=rule, user=outcome.user.id)
-        raise AccessDenied(rule)
-    return outcome.user, outcome.source
-
-
-def unauthenticated(request: web.Request, runtime: Runtime, target: Target) -> web.Response:
-    api = runtime.routes.api(request.method, target.path) or pages.wants_json(
-        request.headers.get("Accept", ""), request.headers.get("X-Requested-With", ""), api_route=False
-    )
-    if api:
-        return pages.json_error(401, "unauthorized", "Sign in required.", request_id(request))
-    location = start_url(runtime, target.wire_target)
-    return web.Response(status=302, headers={"Location": location, **pages.MARKER})
-
-
 def _upstream_headers(
     request: web.Request, runtime: Runtime, upstream: Upstream, user: User | None, session: Session | None
 ) -> CIMultiDict[str]:
@@ -225,11 +188,12 @@ def _upstream_headers(
     headers["X-Forwarded-Host"] = forwarded_value(host, trusted) or request.host
     headers["X-Request-Id"] = request_id(request)
     if user is not None and session is not None:
-        headers["X-Forwarded-User"] = user.id
-        headers["X-Forwarded-Email"] = user.email
-        headers["X-Forwarded-Preferred-Username"] = user.email
+        names = runtime.identity_headers
+        headers[names.user] = user.id
+        headers[names.email] = user.email
+        headers[names.preferred_username] = user.email
         if runtime.config.headers.pass_access_token:
-            headers["X-Forwarded-Access-Token"] = session.access_token
+            headers[names.access_token] = session.access_token
     return headers
 
 
@@ -244,19 +208,11 @@ def _origin_allowed(request: web.Request, runtime: Runtime) -> bool:
     )
 
 
-def _upstream_config(runtime: Runtime, upstream: Upstream) -> UpstreamConfig:
-    # Paths are unique across upstreams, so the path names the table the router's choice came from.
-    for config in runtime.config.upstreams:
-        if config.path == upstream.path:
-            return config
-    raise RuntimeError(f"no [[upstreams]] table for path {upstream.path!r}")
-
-
 async def _websocket(
     request: web.Request,
     runtime: Runtime,
     upstream: Upstream,
-    target: Target,
+    wire_target: str,
     headers: CIMultiDict[str],
     session: Session | None,
 ) -> web.StreamResponse:
@@ -275,8 +231,8 @@ async def _websocket(
         try:
             leg = await websocket.connect(
                 runtime.websockets,
-                _upstream_config(runtime, upstream),
-                target.wire_target,
+                upstream,
+                wire_target,
                 headers,
                 [p for p in protocols if p],
                 settings.max_message_size,
@@ -326,7 +282,14 @@ def _watch(
     session: Session | None,
     max_lifetime: float,
 ) -> asyncio.Task[None] | None:
-    """Start re-checking `connection`'s session, and its deadlines; None when there is nothing to watch."""
+    """Start re-checking `connection`'s session, and its deadlines; None when there is nothing to watch.
+
+    An open connection outlives the request that opened it, so its re-checks run on the live runtime
+    (`app[LIVE]`), not the one the handshake started on: a reload that narrows `[authorization]` or
+    changes the TTL applies to sockets already open.
+    """
+    live = request.app[LIVE]
+    route = request[_ROUTE]
     now = asyncio.get_running_loop().time()
     deadlines: list[tuple[float, str]] = []
     check = None
@@ -334,7 +297,8 @@ def _watch(
         deadlines.append((now + session.expires_at - runtime.clock(), "session expired"))
         cookie_value = runtime.session_cookie(request) or ""
         check = _recheck(
-            runtime,
+            lambda: live.runtime,
+            route,
             session,
             end_user_ip(request),
             user_agent(request),
@@ -347,19 +311,37 @@ def _watch(
         return None
 
     def ttl() -> float:
-        return runtime.config.centralauth.session_check_ttl  # read each time: a reload may change it
+        if route.session_check_ttl is not None:
+            return route.session_check_ttl
+        return live.runtime.config.centralauth.session_check_ttl  # read each time: a reload may change it
 
     return asyncio.ensure_future(watch.keep_checking(connection, check, ttl, deadlines))
 
 
 def _recheck(
-    runtime: Runtime, session: Session, client_ip: str, agent: str, rid: str, cookie_value: Callable[[], str]
+    current: Callable[[], Runtime],
+    route: Route,
+    session: Session,
+    client_ip: str,
+    agent: str,
+    rid: str,
+    cookie_value: Callable[[], str],
 ) -> watch.Check:
-    """One re-check of an open connection's session, as its handshake was checked."""
+    """One re-check of an open connection's session, as its handshake was checked, on the runtime
+    `current` returns at the time."""
 
     async def check() -> Verdict:
         try:
-            user, source = await verify_session(runtime, session, client_ip, agent, rid, cookie_value)
+            user, source = await verify_session(
+                current(),
+                session,
+                client_ip,
+                agent,
+                rid,
+                cookie_value,
+                rules=route.rules,
+                ttl=route.session_check_ttl,
+            )
         except AccessDenied:
             return Verdict("access denied")
         except CentralAuthUnavailable:

@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from authproxy import audit, csrf, pages
+from authproxy import audit, pages
+from authproxy.context import RUNTIME, request_id
+from authproxy.core import csrf
+from authproxy.core.redirect import safe_return_url
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
-from authproxy.redirect import safe_return_url
-from authproxy.routes.auth import start_url
-from authproxy.routes.common import request_id
-from authproxy.routes.proxy import load_session
-from authproxy.runtime import RUNTIME, Runtime
+from authproxy.gate import load_session, start_url
+from authproxy.runtime import Runtime
 from authproxy.watch import token_digest
 
 log = structlog.get_logger("authproxy.logout")
@@ -51,7 +51,7 @@ def same_origin(request: web.Request, runtime: Runtime) -> bool:
 
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
+    runtime = request[RUNTIME]
     form = await request.post() if request.method == "POST" else None
     target = _target(request, form)
     cookie_value = request.cookies.get(runtime.cookie.name, "")
@@ -70,7 +70,7 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
 
 def _target(request: web.Request, form: object) -> str:
     """The validated return URL, or "" when none was given or the one given is refused."""
-    runtime = request.app[RUNTIME]
+    runtime = request[RUNTIME]
     candidate = request.query.get("rd") or request.headers.get("X-Auth-Request-Redirect")
     if candidate is None and form is not None and hasattr(form, "get"):
         value = form.get("rd")
@@ -85,7 +85,7 @@ def _signed_out_url(runtime: Runtime, target: str) -> str:
 
 async def signed_out(request: web.Request) -> web.Response:
     """`GET /signed_out?rd=URL`: "You are signed out", and a button that signs in again to `URL`."""
-    runtime = request.app[RUNTIME]
+    runtime = request[RUNTIME]
     target = safe_return_url(request.query.get("rd"), runtime.redirects)
     return pages.signed_out_page(
         start_url(runtime, target),

@@ -27,9 +27,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.exceptions import RedisError
 
+from authproxy.core.seal import Sealer
 from authproxy.errors import SessionStoreUnavailable, SessionTooLarge
 from authproxy.session.model import Session
-from authproxy.session.seal import Sealer
 from authproxy.session.store import MAX_COOKIE_VALUE
 
 log = structlog.get_logger("authproxy.session")

@@ -9,14 +9,18 @@ checker's memory of dead tokens (authproxy/provider/checker.py).
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
+from authproxy.core.seal import Sealer
 from authproxy.errors import SessionTooLarge
 from authproxy.session.model import Session
-from authproxy.session.seal import Sealer
+
+if TYPE_CHECKING:
+    from authproxy.session.redis import RedisStore
 
 # Browsers drop cookies whose name, value and attributes exceed 4096 bytes; leave room for attributes.
 MAX_COOKIE_VALUE = 3800
@@ -79,3 +83,11 @@ class CookieStore:
 
 def _memo_key(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def redis_store(store: SessionStore) -> RedisStore | None:
+    """`store` if it is the Redis store, else None; never imports the redis package itself."""
+    module = sys.modules.get("authproxy.session.redis")
+    if module is None:
+        return None  # never imported, so `store` cannot be one
+    return cast("RedisStore", store) if isinstance(store, module.RedisStore) else None

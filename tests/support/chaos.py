@@ -6,6 +6,9 @@
   could not frame, which is how the smuggling tests see exactly what the proxy sent upstream.
 - `ChaosRelay`: a TCP relay in front of a real server (the fake CentralAuth, Redis) that can pass bytes
   through, split answers into small TCP segments, black-hole traffic or cut connections mid-answer.
+- `RawTarget`: the proxy under test in front of a `RawServer`, driven with raw bytes.
+- `LoopbackServer`: what these servers (and support.servlets' recording relay) share: a free loopback
+  port, and a `stop()` that cancels the connections still open.
 - `log_problems`: the markers of an exception nobody handled, looked for in captured output.
 """
 
@@ -16,7 +19,12 @@ import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    import pytest
+
+    from support.harness import Proxy
 
 # What aiohttp, asyncio and Python print when an exception escaped every handler.
 PROBLEM_MARKERS = (
@@ -41,7 +49,7 @@ class LogCheck:
     `logging`, which pytest captures separately.
     """
 
-    def __init__(self, capfd: Any, caplog: Any) -> None:
+    def __init__(self, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
         self._capfd = capfd
         self._caplog = caplog
 
@@ -131,13 +139,13 @@ async def answer_ok(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
     return True
 
 
-def send_raw(data: bytes) -> Behaviour:
-    """Answer with exactly these bytes, then close."""
+def send_raw(data: bytes, *, keep_open: bool = False) -> Behaviour:
+    """Answer with exactly these bytes, then close (or, with `keep_open`, await the next request)."""
 
     async def behaviour(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
         writer.write(data)
         await writer.drain()
-        return False
+        return keep_open
 
     return behaviour
 
@@ -168,17 +176,17 @@ async def answer_twice(request: RawRequest, writer: asyncio.StreamWriter) -> boo
     return True
 
 
-@dataclass
-class RawServer:
-    """A scripted HTTP/1.1 server; `behaviour` may be swapped at any time."""
+class LoopbackServer:
+    """A TCP server on a free loopback port whose connection handler (`_serve`) registers its task in
+    `_tasks`, so that `stop()` can cancel the connections still open before closing the listener."""
 
-    behaviour: Behaviour = answer_ok
-    seen: list[RawRequest] = field(default_factory=list)  # in arrival order, across connections
-    malformed: list[str] = field(default_factory=list)  # framing a strict server would have refused
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _server: asyncio.Server | None
+    _tasks: set[asyncio.Task[None]]
 
-    async def start(self) -> RawServer:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return self
 
@@ -190,6 +198,25 @@ class RawServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+
+
+@dataclass
+class RawServer(LoopbackServer):
+    """A scripted HTTP/1.1 server; `behaviour` may be swapped at any time."""
+
+    behaviour: Behaviour = answer_ok
+    seen: list[RawRequest] = field(default_factory=list)  # in arrival order, across connections
+    malformed: list[str] = field(default_factory=list)  # framing a strict server would have refused
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def requests(self) -> list[RawRequest]:
         """Every request received so far, in arrival order, framed strictly."""
@@ -216,16 +243,29 @@ class RawServer:
             writer.transport.abort()
             self._tasks.discard(task)
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
+
+@dataclass
+class RawTarget:
+    """The proxy under test in front of a `RawServer`: raw bytes in; the answer, and what reached the
+    upstream because of them, out."""
+
+    proxy: Proxy
+    upstream: RawServer
+
+    @property
+    def port(self) -> int:
+        return int(self.proxy.url.rsplit(":", 1)[1])
+
+    async def send(self, data: bytes, wait: float = 0.3) -> tuple[bytes, list[RawRequest]]:
+        """Raw bytes in; the raw answer out, and the requests the upstream received because of them."""
+        before = len(self.upstream.seen)
+        answer = await exchange(self.port, data, wait=wait)
+        await asyncio.sleep(0.05)  # let the upstream side finish reading what was sent
+        assert self.upstream.malformed == [], "the upstream received ambiguous framing"
+        return answer, self.upstream.seen[before:]
 
 
-class ChaosRelay:
+class ChaosRelay(LoopbackServer):
     """A TCP relay to `target_port` whose `mode` applies to every connection, open ones included.
 
     Modes: "pass"; "split" (answers go out in `piece`-byte segments `gap` seconds apart, so the client
@@ -241,7 +281,7 @@ class ChaosRelay:
         self.gap = gap
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._transports: set[asyncio.WriteTransport] = set()
 
     @property
     def mode(self) -> str:
@@ -254,19 +294,6 @@ class ChaosRelay:
             # A server that went down takes its open connections with it, pooled ones included.
             for transport in list(self._transports):
                 transport.abort()
-
-    async def start(self) -> ChaosRelay:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -318,14 +345,6 @@ class ChaosRelay:
                     continue
                 writer.write(data)
                 await writer.drain()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
 
 
 def status_of(response: bytes) -> int:

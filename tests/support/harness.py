@@ -61,7 +61,10 @@ async def start_proxy(
     upstream_url: str,
     overrides: dict[str, Any] | None = None,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> Proxy:
+    """`clock` is the proxy's wall time, `monotonic` the one its TTLs run on; tests pass a clock they
+    advance themselves (`support.harness.FakeClock`) instead of sleeping."""
     port = free_port()
     base: dict[str, Any] = {
         "server": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"},
@@ -76,11 +79,24 @@ async def start_proxy(
         "logging": {"format": "console", "level": "warning"},
     }
     config = Config(**deep_merge(base, overrides or {}))
-    app = build_app(config, clock=clock)
+    app = build_app(config, clock=clock, monotonic=monotonic)
     runner = make_runner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return Proxy(f"http://127.0.0.1:{port}", config, app, runner)
+
+
+class FakeClock:
+    """A clock that moves only when a test says so: for wall time and for TTLs alike."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class Browser:

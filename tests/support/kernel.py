@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -35,9 +36,8 @@ class KernelState:
     def note(self) -> None:
         self.changed.set()
 
-    async def wait_for(self, predicate: object, within: float = 5.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
         """Wait until `predicate()` is true (checked after every change the kernel records)."""
-        assert callable(predicate)
         async with asyncio.timeout(within):
             while not predicate():
                 self.changed.clear()

@@ -47,7 +47,7 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
 
 
 def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
     matches = [c for c in containers if c["name"] == name]
     assert len(matches) == 1, f"no container {name!r} in {deployment['metadata']['name']}"
     return matches[0]
@@ -563,7 +563,8 @@ def _range_clause(clause: str) -> tuple[list[str], _Pipeline]:
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
-    tokens, position = [], 0
+    tokens: list[tuple[str, str]] = []
+    position = 0
     text = text.rstrip()
     while position < len(text):
         match = _TOKEN.match(text, position)
@@ -624,7 +625,7 @@ def _operand_tokens(tokens: list[tuple[str, str]]) -> tuple[Any, list[tuple[str,
         if not tokens or tokens[0] != ("punct", ")"):
             raise TemplateError("unclosed parenthesis")
         tokens = tokens[1:]
-        path: list[str] = []
+        path = []
         if tokens and tokens[0][0] == "chain":
             path = [part for part in tokens[0][1].split(".") if part]
             tokens = tokens[1:]
@@ -716,7 +717,7 @@ def _go_json(value: Any) -> str:
 class _GoYamlDumper(yaml.SafeDumper):
     """Quotes like Go's YAML encoder: double quotes where a string needs quoting at all."""
 
-    def choose_scalar_style(self) -> Any:
+    def choose_scalar_style(self) -> str:
         style = super().choose_scalar_style()
         return '"' if style == "'" else style
 
@@ -748,8 +749,15 @@ def _to_int(value: Any) -> int:
 
 
 def _kind(value: Any) -> str:
-    kinds = ((type(None), "invalid"), (bool, "bool"), (int, "int"), (float, "float64"), (str, "string"))
-    kinds += ((dict, "map"), (list, "slice"))
+    kinds: tuple[tuple[type[object], str], ...] = (
+        (type(None), "invalid"),
+        (bool, "bool"),  # before int: a bool is an int too
+        (int, "int"),
+        (float, "float64"),
+        (str, "string"),
+        (dict, "map"),
+        (list, "slice"),
+    )
     return next(name for cls, name in kinds if isinstance(value, cls))
 
 

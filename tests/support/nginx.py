@@ -100,12 +100,14 @@ class SiteTLS:
 def site_tls() -> SiteTLS:
     """One CA and certificate per test session; EC keys keep generating them cheap."""
     now = datetime.now(UTC)
-    valid = {"not_valid_before": now - timedelta(hours=1), "not_valid_after": now + timedelta(days=2)}
+    not_before, not_after = now - timedelta(hours=1), now + timedelta(days=2)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "authproxy test CA")])
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     ca = (
-        x509.CertificateBuilder(issuer_name=ca_name, subject_name=ca_name, **valid)
+        x509.CertificateBuilder(
+            issuer_name=ca_name, subject_name=ca_name, not_valid_before=not_before, not_valid_after=not_after
+        )
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -116,7 +118,9 @@ def site_tls() -> SiteTLS:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     cert = (
-        x509.CertificateBuilder(issuer_name=ca_name, subject_name=subject, **valid)
+        x509.CertificateBuilder(
+            issuer_name=ca_name, subject_name=subject, not_valid_before=not_before, not_valid_after=not_after
+        )
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

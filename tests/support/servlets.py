@@ -42,6 +42,7 @@ from typing import IO, Any
 import pytest
 from aiohttp import web
 
+from support.chaos import LoopbackServer
 from support.nginx import MAIN_CONF, nginx_binary
 
 START_TIMEOUT = 45.0  # JVMs on a loaded two-core CI machine: generous, but a hang still ends
@@ -507,7 +508,7 @@ _PROBE = re.compile(rb"\r\nx-probe:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
 @dataclass
-class RecordingRelay:
+class RecordingRelay(LoopbackServer):
     """A TCP relay to an upstream that records the request line of every request with an X-Probe header.
 
     `seen[probe]` lists the request targets (as bytes, decoded latin-1) that reached the upstream with
@@ -518,15 +519,6 @@ class RecordingRelay:
     seen: dict[str, list[str]] = field(default_factory=dict)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    async def start(self) -> RecordingRelay:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     def _record(self, head: bytes) -> None:
         match = _PROBE.search(head)
@@ -580,11 +572,3 @@ class RecordingRelay:
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()

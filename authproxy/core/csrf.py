@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import json
 
-from authproxy.session.seal import Sealer
+from authproxy.core.seal import Sealer
 
 PURPOSE = "csrf:sign_out"
 TTL = 3600.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from multidict import CIMultiDict
@@ -264,8 +265,10 @@ _DROP, _COOKIE, _KEEP = 0, 1, 2
 
 
 class UpstreamHeaders:
-    """Strips a request's headers for the upstream (see `strip_for_upstream`), remembering per header
-    name what it decided: browsers send the same few names on every request, and classifying a name
+    """Strips a request's headers for the upstream: no hop-by-hop or framing headers (nor any named in
+    `Connection`), no `Host` or `Expect`, no identity header in any spelling (nor one of `extra`), and
+    no cookie of the proxy's own. It remembers per header name what it decided: browsers send the
+    same few names on every request, and classifying a name
     (canonical spelling, identity table, prefixes) is pure. The memory is bounded; a name seen once
     too many is classified afresh each time, never wrongly.
     """
@@ -325,13 +328,34 @@ class UpstreamHeaders:
         return out
 
 
-def strip_for_upstream(
-    incoming: Iterable[tuple[str, str]], own_cookie: str, own_cookie_prefix: str, extra: Iterable[str] = ()
-) -> CIMultiDict[str]:
-    """The client's headers as the upstream may see them: no hop-by-hop or framing headers (nor any
-    named in `Connection`), no `Host` or `Expect`, no identity header in any spelling (nor one of
-    `extra`), and no cookie of the proxy's own."""
-    return UpstreamHeaders(own_cookie, own_cookie_prefix, extra)(incoming)
+@dataclass(frozen=True, slots=True)
+class IdentityNames:
+    """The header names that carry a signed-in user's identity: to an upstream (proxy mode), and back to
+    the front proxy in a forward-auth answer."""
+
+    user: str
+    email: str
+    preferred_username: str
+    access_token: str
+
+
+# By `[headers] profile`. oauth2-proxy's names are what existing apps and front proxies already read.
+PROFILES = {
+    "oauth2-proxy": (
+        IdentityNames(
+            "X-Forwarded-User",
+            "X-Forwarded-Email",
+            "X-Forwarded-Preferred-Username",
+            "X-Forwarded-Access-Token",
+        ),
+        IdentityNames(
+            "X-Auth-Request-User",
+            "X-Auth-Request-Email",
+            "X-Auth-Request-Preferred-Username",
+            "X-Auth-Request-Access-Token",
+        ),
+    ),
+}
 
 
 # One name under each stripped prefix, for the spoofing self-test and the tests.

@@ -24,10 +24,10 @@ from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
 from authproxy import h1
+from authproxy.core.headers import HOP_BY_HOP, connection_tokens
 from authproxy.errors import UpstreamBusy, UpstreamTimeout, UpstreamUnavailable
-from authproxy.headers import HOP_BY_HOP, connection_tokens
 
-log = structlog.get_logger("authproxy.proxy")
+log = structlog.get_logger("authproxy.forwarder")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Never forwarded back to the browser: framing is ours to decide, and aiohttp sets it.
@@ -108,7 +108,7 @@ async def forward(
     """Send the request upstream with `headers` and stream the answer back to the client.
 
     `on_headers` receives the seconds the upstream took to send its response headers; `on_prepare`
-    sees the answer once its headers are final, just before they are sent.
+    sees the answer with the upstream's headers, just before the head is sent, and may add to it.
     """
     started = time.perf_counter()
     body = request.content if request.body_exists else None
@@ -157,14 +157,15 @@ class _Forwarded(web.StreamResponse):
         # aiohttp's own `_start`, with the hooks replaced by the two steps above.
         self._req = request
         writer = self._payload_writer = request._payload_writer
+        # First, so that what it adds (a cookie to clear) is written with the rest of the head.
+        if self.on_prepare is not None:
+            self.on_prepare(self)
         await self._prepare_headers()
         # aiohttp adds its default with `setdefault(SERVER, SERVER_SOFTWARE)`. An upstream's own header
         # is a string decoded from its answer, never that very object, so identity tells the two apart
         # even when an aiohttp upstream sends the same text.
         if self._headers.get(hdrs.SERVER) is SERVER_SOFTWARE:
             del self._headers[hdrs.SERVER]
-        if self.on_prepare is not None:
-            self.on_prepare(self)
         await self._write_headers()
         return writer
 

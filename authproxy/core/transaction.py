@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from authproxy.session.seal import Sealer
+from authproxy.core.seal import Sealer
 
 TTL = 600.0
 MAX_PENDING = 5
@@ -34,11 +34,14 @@ class LoginTransaction:
     verifier: str
     return_to: str
     created_at: float
+    # For an affirmation (step-up) login: the user id the affirmed account must have. It is recorded
+    # here, never read from the callback's `affirm=1`, which anyone can add to a URL.
+    affirm_user: str = ""
 
     @classmethod
-    def new(cls, return_to: str, now: float) -> LoginTransaction:
+    def new(cls, return_to: str, now: float, affirm_user: str = "") -> LoginTransaction:
         # 256-bit state and a 43-character verifier: the RFC 7636 minimum that the official library misses.
-        return cls(secrets.token_urlsafe(32), secrets.token_urlsafe(32), return_to, now)
+        return cls(secrets.token_urlsafe(32), secrets.token_urlsafe(32), return_to, now, affirm_user)
 
     @property
     def challenge(self) -> str:
@@ -110,7 +113,8 @@ def _parse(plaintext: bytes) -> LoginTransaction | None:
     except (ValueError, TypeError):
         return None
     text_ok = all(
-        isinstance(v, str) for v in (transaction.state, transaction.verifier, transaction.return_to)
+        isinstance(v, str)
+        for v in (transaction.state, transaction.verifier, transaction.return_to, transaction.affirm_user)
     )
     time_ok = isinstance(transaction.created_at, int | float) and not isinstance(transaction.created_at, bool)
     return transaction if text_ok and time_ok else None

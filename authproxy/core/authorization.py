@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from authproxy.provider.user import User
+from authproxy.core.user import User
 
 
 @dataclass(frozen=True, slots=True)
