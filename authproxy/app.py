@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from authproxy import answers, logs
 from authproxy.access_log import AccessLogger
+from authproxy.assertion import Assertions
 from authproxy.config import Config, RouteConfig, UpstreamConfig, split_host_port
 from authproxy.cookies import CookieValues, SessionCookie
 from authproxy.core.authorization import Rules
@@ -25,6 +27,7 @@ from authproxy.core.paths import CanonicalTargets, RouteRules
 from authproxy.core.redirect import RedirectPolicy
 from authproxy.core.routing import Route, RouteTable
 from authproxy.core.seal import Sealer
+from authproxy.core.signing_keys import read_signing_keys
 from authproxy.core.transaction import TransactionCookies
 from authproxy.core.user import User
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
@@ -34,7 +37,7 @@ from authproxy.metrics import Metrics, multiprocess_mode
 from authproxy.pages import Branding
 from authproxy.provider.checker import DeadTokens, Fetch, SessionChecker
 from authproxy.provider.client import CentralAuthClient
-from authproxy.routes import auth, forward_auth, health, proxy, signout
+from authproxy.routes import auth, compat, forward_auth, health, jwks, proxy, signout
 from authproxy.routes.common import request_context
 from authproxy.runtime import LIVE, Live, Runtime
 from authproxy.session.store import CookieStore, SessionStore, redis_store
@@ -115,9 +118,22 @@ def build_runtime(
         public_origin=f"{public.scheme}://{public.netloc}",
         public_host=public.netloc.lower(),
         public_scheme=public.scheme,
+        assertions=_assertions(config, clock),
         clock=clock,
         monotonic=monotonic,
     )
+
+
+def _assertions(config: Config, clock: Callable[[], float]) -> Assertions | None:
+    """The assertion signer, from the key file as it is now: a reload reads a rotated file again."""
+    headers = config.headers
+    if not headers.jwt_assertion:
+        return None
+    try:
+        keys = read_signing_keys(Path(headers.jwt_signing_key_file).read_bytes())
+    except (OSError, ValueError) as exc:  # changed since the config was loaded: a reload keeps the old one
+        raise ValueError(f"headers.jwt_signing_key_file: {exc}") from None
+    return Assertions(keys, config.server.public_url, headers.jwt_audience, clock)
 
 
 def _route(index: int, entry: RouteConfig, config: Config) -> Route:
@@ -148,6 +164,8 @@ def _route(index: int, entry: RouteConfig, config: Config) -> Route:
         session_check_ttl=entry.session_check_ttl,
         step_up_max_age=entry.step_up_max_age,
         strip_prefix=entry.strip_prefix,
+        bearer=entry.bearer,
+        pass_authorization=entry.pass_authorization,
     )
 
 
@@ -193,7 +211,20 @@ def build_app(
     app.router.add_route("POST", f"{prefix}/sign_out", signout.sign_out, name="sign_out_post")
     app.router.add_get(f"{prefix}/signed_out", signout.signed_out, name="signed_out")
     app.router.add_get(f"{prefix}/auth", forward_auth.auth, name="forward_auth")
+    # `/auth/<path>` checks <path> (Envoy ext_authz's path_prefix); any method, never proxied.
+    app.router.add_route(
+        "*", f"{prefix}/auth/{{path:[\\s\\S]*}}", forward_auth.auth_path, name="forward_auth_path"
+    )
     app.router.add_get(f"{prefix}/userinfo", forward_auth.userinfo, name="userinfo")
+    app.router.add_get(f"{prefix}/jwks.json", jwks.jwks, name="jwks")
+    if config.centralauth.compat_routes:
+        # Before the catch-all: with compat routes on, these paths are the proxy's, never the app's.
+        app.router.add_get("/api/auth/login", compat.login, name="compat_login")
+        app.router.add_get("/api/auth/affirm", compat.affirm, name="compat_affirm")
+        app.router.add_get("/api/auth/user", compat.user, name="compat_user")
+        app.router.add_get("/api/auth/callback", auth.callback, name="compat_callback")
+        app.router.add_route("GET", "/api/auth/logout", signout.sign_out, name="compat_logout")
+        app.router.add_route("POST", "/api/auth/logout", signout.sign_out, name="compat_logout_post")
     # Any path, including one whose decoded form holds a newline (`.` would not match it, and the router
     # would answer 404 itself instead of the proxy refusing the target).
     app.router.add_route("*", "/{tail:[\\s\\S]*}", proxy.handle, name="proxy")
@@ -366,9 +397,9 @@ async def _end_connections(app: web.Application) -> None:
 def _counted(client: CentralAuthClient, metrics: Metrics) -> Fetch:
     """userinfo, counting each call by outcome."""
 
-    async def fetch(token: str, client_ip: str, user_agent: str) -> User:
+    async def fetch(token: str, client_ip: str, user_agent: str, device_id: str = "") -> User:
         try:
-            user = await client.userinfo(token, client_ip, user_agent)
+            user = await client.userinfo(token, client_ip, user_agent, device_id)
         except SessionRejected:
             metrics.userinfo_calls.labels("rejected").inc()
             raise

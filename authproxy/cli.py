@@ -1,4 +1,4 @@
-"""The `authproxy` command line: serve, check-config, explain, devidp, demo, gen-secret.
+"""The `authproxy` command line: serve, check-config, explain, devidp, demo, gen-secret, gen-signing-key.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid configuration (one line per problem,
 each naming its key). Valid but risky settings are warnings (`warning: key: message` from check-config,
@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--idp-port", type=int, default=9000, help="fake CentralAuth port (default 9000)")
     demo.add_argument("--app-port", type=int, default=8080, help="whoami app port (default 8080)")
     commands.add_parser("gen-secret", help="print a fresh cookie secret")
+    commands.add_parser(
+        "gen-signing-key", help="print a fresh EC P-256 private key (PEM) for [headers] jwt_signing_key_file"
+    )
     return parser
 
 
@@ -122,6 +125,14 @@ def gen_secret() -> int:
     return EXIT_OK
 
 
+def gen_signing_key() -> int:
+    from authproxy.core.signing_keys import new_signing_key
+
+    # PKCS #8 PEM: append it to the key file (first = the signing key, every key is published).
+    sys.stdout.write(new_signing_key().decode("ascii"))
+    return EXIT_OK
+
+
 def serve(path: str) -> int:
     try:
         config = load(path)
@@ -167,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return explain(args)
     if args.command == "gen-secret":
         return gen_secret()
+    if args.command == "gen-signing-key":
+        return gen_signing_key()
     if args.command == "serve":
         return serve(args.config)
     if args.command == "demo":

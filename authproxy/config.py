@@ -257,6 +257,12 @@ class CentralAuthConfig(Section):
     timeout: Seconds = 5
     logout_session_wide: bool = True
     cache_max_entries: int = Field(100_000, ge=1, le=10_000_000)
+    # `Authorization: Bearer <access token>` (with the client's `device-id`) is a session too, checked
+    # with userinfo like a cookie; a route's `bearer` overrides this.
+    accept_bearer_tokens: bool = False
+    # Serve /api/auth/login, /callback, /user, /logout and /affirm as apps built on CentralAuth's
+    # libraries expect them.
+    compat_routes: bool = False
 
     @field_validator("client_id")
     @classmethod
@@ -406,6 +412,10 @@ class RouteConfig(Section):
     session_check_ttl: float | None = Field(None, ge=0, le=86400)
     step_up_max_age: float | None = Field(None, gt=0)
     strip_prefix: bool = False
+    # Bearer tokens on this route: unset = `[centralauth] accept_bearer_tokens`.
+    bearer: bool | None = None
+    # Forward the client's `Authorization` header to the upstream (it is stripped otherwise).
+    pass_authorization: bool = False
 
     @field_validator("allowed_email_domains", "allowed_emails")
     @classmethod
@@ -483,6 +493,37 @@ class HeadersConfig(Section):
     profile: Literal["oauth2-proxy"] = "oauth2-proxy"
     pass_access_token: bool = False
     strip_extra: list[HeaderName] = []
+    # A signed statement of the identity (`X-Authproxy-Jwt-Assertion`, ES256) on every authenticated
+    # request, so an upstream can tell a request really came through the proxy.
+    jwt_assertion: bool = False
+    # PEM EC P-256 private keys: the first signs, all are published at {proxy_prefix}/jwks.json.
+    jwt_signing_key_file: FilePath = ""
+    # The assertion's `aud`; empty = the upstream's origin.
+    jwt_audience: str = ""
+
+    @field_validator("jwt_signing_key_file")
+    @classmethod
+    def _signing_keys(cls, value: str) -> str:
+        if value:
+            from authproxy.core.signing_keys import read_signing_keys
+
+            read_signing_keys(Path(value).read_bytes())  # ValueError names what is wrong
+        return value
+
+    @model_validator(mode="after")
+    def _assertion_needs_a_key(self) -> HeadersConfig:
+        if self.jwt_assertion and not self.jwt_signing_key_file:
+            raise ValueError(
+                "jwt_signing_key_file: required with jwt_assertion = true "
+                "(make one with `authproxy gen-signing-key`)"
+            )
+        return self
+
+
+class ForwardAuthConfig(Section):
+    # The status of an allowed check: 202 (nginx, Traefik, Caddy) or 200 (Envoy's ext_authz allows
+    # only 200).
+    success_status: Literal[200, 202] = 202
 
 
 def _logo(value: str) -> str:
@@ -529,6 +570,7 @@ class Config(BaseSettings):
     authorization: AuthorizationConfig = AuthorizationConfig()
     redirects: RedirectsConfig = RedirectsConfig()
     headers: HeadersConfig = HeadersConfig()
+    forward_auth: ForwardAuthConfig = ForwardAuthConfig()
     websocket: WebsocketConfig = WebsocketConfig()
     logging: LoggingConfig = LoggingConfig()
     branding: BrandingConfig = BrandingConfig()

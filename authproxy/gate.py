@@ -9,7 +9,9 @@ a 503, unless the stale window covers it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -20,7 +22,7 @@ from authproxy.core.authorization import Rules, denial
 from authproxy.core.paths import Target
 from authproxy.core.routing import Auth, Route
 from authproxy.core.user import User
-from authproxy.errors import AccessDenied, SessionRejected, StepUpRequired
+from authproxy.errors import AccessDenied, AmbiguousRequest, SessionRejected, StepUpRequired
 from authproxy.logs import fingerprint
 from authproxy.provider.checker import SessionKnownDead
 from authproxy.runtime import Runtime
@@ -44,6 +46,7 @@ async def check_session(
     *,
     rules: Rules | None = None,
     ttl: float | None = None,
+    device_id: str = "",
 ) -> User | None:
     """The user if CentralAuth (or the cache, within `ttl`: a route's own, or the global one) vouches
     for the session now and `rules` (a route's own, or the global `[authorization]`) admit them; None if
@@ -61,6 +64,7 @@ async def check_session(
         lambda: runtime.session_cookie(request) or "",  # read only to delete an ended session
         rules=rules,
         ttl=ttl,
+        device_id=device_id,
     )
     return user
 
@@ -75,12 +79,18 @@ async def verify_session(
     *,
     rules: Rules | None = None,
     ttl: float | None = None,
+    device_id: str = "",
 ) -> tuple[User | None, str]:
     """`check_session` for a given client IP and user agent, as at a websocket's handshake: the user (or
     None) and where the answer came from (the checker's source, or "ended")."""
     try:
         outcome = await runtime.checker.check(
-            session.access_token, client_ip, agent, lifetime=session.expires_at - runtime.clock(), ttl=ttl
+            session.access_token,
+            client_ip,
+            agent,
+            lifetime=session.expires_at - runtime.clock(),
+            ttl=ttl,
+            device_id=device_id,
         )
     except SessionKnownDead:
         return None, "ended"  # its end was audited, and its record deleted, when it was first seen
@@ -106,6 +116,59 @@ async def signed_in(request: web.Request, runtime: Runtime) -> tuple[Session, Us
         return None
     user = await check_session(request, runtime, session)
     return None if user is None else (session, user)
+
+
+@dataclass(frozen=True, slots=True)
+class Bearer:
+    """A native or API client's credentials: `Authorization: Bearer <access token>` and its
+    `device-id` header (what CentralAuth's native login recorded; empty for other clients)."""
+
+    token: str
+    device_id: str
+
+    def session(self, runtime: Runtime) -> Session:
+        """The token as a session to check; who it belongs to is CentralAuth's answer."""
+        now = runtime.clock()
+        return Session(self.token, "", "", now, now + float(runtime.config.session.max_age))
+
+
+# RFC 6750's b64token: the only characters a bearer token may have.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def accepts_bearer(runtime: Runtime, route: Route) -> bool:
+    """Whether bearer tokens count on `route`: its own `bearer`, else `accept_bearer_tokens`."""
+    if route.bearer is not None:
+        return route.bearer
+    return runtime.config.centralauth.accept_bearer_tokens
+
+
+def bearer_credentials(request: web.Request) -> Bearer | None:
+    """The request's bearer token and device id, or None without an `Authorization: Bearer` header.
+
+    Two `Authorization` lines, or two `device-id` lines, are refused (400): which one a client meant
+    cannot be known, and an upstream might read the other. Another scheme (Basic) is no bearer token.
+    """
+    lines = request.headers.getall("Authorization", ())
+    devices = request.headers.getall("device-id", ())
+    if len(lines) > 1 or len(devices) > 1:
+        raise AmbiguousRequest("more than one Authorization or device-id line")
+    if not lines:
+        return None
+    scheme, _, token = lines[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    if not _B64TOKEN.fullmatch(token):
+        raise AmbiguousRequest("a bearer token with characters RFC 6750 does not allow")
+    return Bearer(token, devices[0].strip() if devices else "")
+
+
+def invalid_bearer(request: web.Request) -> web.Response:
+    """RFC 6750's answer to a token CentralAuth does not vouch for: 401, never a redirect."""
+    response = pages.json_error(401, "invalid_token", "The access token is not valid.", request_id(request))
+    response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return response
 
 
 def auth_mode(runtime: Runtime, route: Route, method: str, path: str) -> Auth:

@@ -36,10 +36,18 @@ ROUTE_CLASSES = {
     "sign_out": "auth",
     "sign_out_post": "auth",
     "forward_auth": "forward_auth",
+    "forward_auth_path": "forward_auth",
     "userinfo": "userinfo",
     "health": "health",
     "ready": "health",
     "proxy": "proxy",
+    "compat_login": "auth",
+    "compat_affirm": "auth",
+    "compat_callback": "auth",
+    "compat_logout": "auth",
+    "compat_logout_post": "auth",
+    "compat_user": "userinfo",
+    "jwks": "auth",
 }
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from authproxy.assertion import Assertions
 from authproxy.config import Config
 from authproxy.cookies import CookieValues, SessionCookie
 from authproxy.core.authorization import Rules
@@ -86,6 +87,8 @@ class Runtime:
     public_origin: str = ""
     public_host: str = ""
     public_scheme: str = "https"
+    # Signs `X-Authproxy-Jwt-Assertion` and publishes its keys; None without `[headers] jwt_assertion`.
+    assertions: Assertions | None = None
     clock: Callable[[], float] = time.time  # wall time: session expiry, cookie ages
     # Durations and TTLs (the session-check cache, dead tokens): never jumps with the wall clock.
     monotonic: Callable[[], float] = time.monotonic

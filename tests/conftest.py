@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -387,3 +388,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def no_authproxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configs in a test stand on their own: a developer's AUTHPROXY_* variables would be merged over
+    them. Modules about configuration use it for every test (`pytestmark`)."""
+    for name in list(os.environ):
+        if name.upper().startswith("AUTHPROXY_"):
+            monkeypatch.delenv(name)

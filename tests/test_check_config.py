@@ -48,11 +48,7 @@ url = "http://127.0.0.1:8080"
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHPROXY_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_authproxy_env")
 
 
 def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:

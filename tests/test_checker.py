@@ -26,7 +26,7 @@ class Backend:
         self.answer: User | Exception = USER
         self.gate: asyncio.Event | None = None
 
-    async def fetch(self, token: str, ip: str, agent: str) -> User:
+    async def fetch(self, token: str, ip: str, agent: str, device_id: str = "") -> User:
         self.calls.append((token, ip, agent))
         if self.gate is not None:
             await self.gate.wait()
@@ -257,7 +257,7 @@ async def test_waiting_on_another_keys_call_is_bounded_by_the_wait() -> None:
     backend, now = Backend(), [0.0]
     stuck = asyncio.Event()
 
-    async def fetch(token: str, ip: str, agent: str) -> User:
+    async def fetch(token: str, ip: str, agent: str, device_id: str = "") -> User:
         backend.calls.append((token, ip, agent))
         if agent == "stuck":
             await stuck.wait()
@@ -278,7 +278,7 @@ async def test_an_outage_of_the_call_waited_for_sends_the_next_key_to_ask_at_onc
     gate = asyncio.Event()
     calls: list[str] = []
 
-    async def fetch(token: str, ip: str, agent: str) -> User:
+    async def fetch(token: str, ip: str, agent: str, device_id: str = "") -> User:
         calls.append(agent)
         if agent == "ua1":
             await gate.wait()

@@ -38,13 +38,7 @@ def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("AUTHPROXY_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_authproxy_env")
 
 
 def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:

@@ -57,11 +57,7 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHPROXY_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_authproxy_env")
 
 
 @pytest.fixture

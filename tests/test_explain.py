@@ -8,7 +8,6 @@ makes for the proxy: allow, allow-anonymous, sign-in, deny, step-up and reject.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,12 +82,7 @@ allowed_email_domains = ["staff.example.com"]
 IDENTITY = ("X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Preferred-Username")
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The configs below stand on their own: AUTHPROXY_* variables would be merged over them."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHPROXY_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_authproxy_env")
 
 
 def write(tmp_path: Path, body: str, name: str = "authproxy.toml") -> Path:

@@ -82,6 +82,8 @@ IDENTITY_PREFIX = (
     "x-amzn-oidc-",
     "x-goog-authenticated-user-",
     "x-ms-client-principal",
+    # The proxy's own (`X-Authproxy-Jwt-Assertion`, the signed identity): only the proxy may set them.
+    "x-authproxy-",
 )
 # Names the issue list and operators' reports name, as the apps spell them.
 FOREIGN = [
@@ -95,6 +97,7 @@ FOREIGN = [
     "X-authentik-email",
     "X-Pomerium-Claim-Email",
     "X-Pomerium-Jwt-Assertion",
+    "X-Authproxy-Jwt-Assertion",
     "OIDC_CLAIM_email",
     "OIDC_access_token",
     "X-Amzn-Oidc-Identity",

@@ -27,7 +27,7 @@ USER = User(
 def checker(
     now: list[float], *, ttl: float, stale_grace: float = 0.0, max_entries: int = 100_000
 ) -> SessionChecker:
-    async def fetch(token: str, client_ip: str, user_agent: str) -> User:
+    async def fetch(token: str, client_ip: str, user_agent: str, device_id: str = "") -> User:
         return USER
 
     return SessionChecker(
@@ -131,7 +131,7 @@ async def test_an_entry_costs_what_the_documentation_says() -> None:
     await extra.check("token", "203.0.113.9", AGENT)
     per_extra = await _traced_per_check(extra, [("token", agent) for agent in agents])
 
-    async def fetch(token: str, client_ip: str, user_agent: str) -> User:
+    async def fetch(token: str, client_ip: str, user_agent: str, device_id: str = "") -> User:
         return a_user(int(token[:5]))  # parsed afresh from JSON, as every userinfo answer is
 
     # Tokens live in the sessions whatever the cache does, so they are made before measuring.

@@ -7,9 +7,9 @@
   choices); `AUTHPROXY_...` variable names exist.
 - Every TOML config in the README (a block with `[server]`) passes `authproxy check-config`, with its
   secrets filled in through the environment; TOML fragments validate on top of a minimal config.
-- Every `authproxy ...` line in a shell block parses with the real argument parsers; `gen-secret` and
-  `check-config` really run. Each `authproxy explain` example is followed by the block of its output,
-  and running it against the README config it names prints exactly that.
+- Every `authproxy ...` line in a shell block parses with the real argument parsers; `gen-secret`,
+  `gen-signing-key` and `check-config` really run. Each `authproxy explain` example is followed by the
+  block of its output, and running it against the README config it names prints exactly that.
 - The routes, metrics, stripped headers, fake-CentralAuth options and test-control API the README
   documents exist, and everything of theirs exists in the README; so do the repository files it names.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import secrets
 import shlex
@@ -188,12 +187,13 @@ def generated_secret() -> str:
     return out.strip()
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's configs must stand on their own, not on a developer's AUTHPROXY_* variables."""
-    for name in list(os.environ):
-        if name.upper().startswith("AUTHPROXY_"):
-            monkeypatch.delenv(name)
+def generated_signing_key() -> str:
+    code, out, _ = run_cli(["gen-signing-key"])
+    assert code == 0
+    return out.strip()
+
+
+pytestmark = pytest.mark.usefixtures("no_authproxy_env")
 
 
 # --- configs -------------------------------------------------------------------------------------------
@@ -300,6 +300,9 @@ def test_every_config_fragment_is_valid_on_top_of_a_minimal_config(block: Block,
     if "cookie_secret_file" in fragment.get("session", {}):
         path = secret_file(tmp_path, "cookie_secret", generated_secret())
         merged["session"]["cookie_secret_file"] = str(path)
+    if "jwt_signing_key_file" in fragment.get("headers", {}):
+        path = secret_file(tmp_path, "signing.pem", generated_signing_key())
+        merged["headers"]["jwt_signing_key_file"] = str(path)
     try:
         Config(**merged)
     except ValidationError as exc:
@@ -391,7 +394,8 @@ def test_the_reference_matches_the_config_model(section: str) -> None:
         if get_origin(annotation) is Literal:
             row = " ".join(cells.values())
             for choice in get_args(annotation):
-                assert f'"{choice}"' in row, f"[{section}] {key}: README does not name the choice {choice!r}"
+                spelled = f'"{choice}"' if isinstance(choice, str) else f"`{choice}`"
+                assert spelled in row, f"[{section}] {key}: README does not name the choice {choice!r}"
 
 
 def test_environment_overrides_are_documented_as_the_config_reads_them() -> None:
@@ -589,6 +593,11 @@ def test_every_authproxy_command_line_parses(
     elif argv[0] == "gen-secret":
         code, out, _ = run_cli(argv)
         assert code == 0 and re.fullmatch(r"[A-Za-z0-9_-]{32,}\n", out), f"{command}: printed {out!r}"
+    elif argv[0] == "gen-signing-key":
+        from authproxy.core.signing_keys import read_signing_keys
+
+        code, out, _ = run_cli(argv)
+        assert code == 0 and len(read_signing_keys(out.encode())) == 1, f"{command}: printed {out!r}"
 
 
 # --- `authproxy explain` examples ----------------------------------------------------------------------
@@ -733,7 +742,10 @@ def test_the_documented_routes_are_the_real_ones() -> None:
     from authproxy.devidp import DevIdpSettings
     from authproxy.devidp import make_app as make_idp_app
 
-    proxy = app_routes(build_app(Config(**minimal_config())))
+    # Every optional route switched on, so that each documented one exists.
+    config = minimal_config()
+    config["centralauth"] = {**config["centralauth"], "compat_routes": True}
+    proxy = app_routes(build_app(Config(**config)))
     fake = app_routes(make_idp_app(DevIdpSettings()))
     documented = {
         (method, match.group(2))

@@ -45,6 +45,8 @@ class Route:
     session_check_ttl: float | None = None  # None = the global TTL
     step_up_max_age: float | None = None  # None = no step-up
     strip_prefix: bool = False
+    bearer: bool | None = None  # None = `[centralauth] accept_bearer_tokens`
+    pass_authorization: bool = False
     pattern: re.Pattern[str] | None = None  # set when `path` is written "~regex"
 
     @classmethod

@@ -47,7 +47,8 @@ from authproxy.core.user import User
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
 
 Key = tuple[bytes, str, bytes]  # token digest, client IP, user-agent digest
-Fetch = Callable[[str, str, str], Awaitable[User]]
+# (token, client IP, user agent, device id: "" for browsers)
+Fetch = Callable[[str, str, str, str], Awaitable[User]]
 _AGENT_DIGEST_SIZE = 16
 # CentralAuth's error codes that say the session or token itself is over (expired, logged out, not
 # found, undecryptable, or invalidated by hijack protection, which ends the whole session).
@@ -225,6 +226,7 @@ class SessionChecker:
         *,
         lifetime: float | None = None,
         ttl: float | None = None,
+        device_id: str = "",
     ) -> Outcome:
         """The user behind `token` as CentralAuth sees it now (or within the TTL: `ttl`, a route's own,
         or the checker's; 0 asks CentralAuth every time, and the answer still serves other routes).
@@ -234,7 +236,13 @@ class SessionChecker:
         CentralAuth has just refused it, `CentralAuthUnavailable` on an outage the stale window misses.
         """
         digest = self._digests.get(token) or self._digest(token)
-        key = (digest, client_ip, self._agents.get(user_agent) or self._agent(user_agent))
+        if device_id:
+            # A native client: its device id is checked by CentralAuth like the agent, so it is part of
+            # what an answer was given for (kept with the agent, in one fixed-size digest).
+            agent = agent_digest(f"{user_agent}\x00device-id\x00{device_id}")
+        else:
+            agent = self._agents.get(user_agent) or self._agent(user_agent)
+        key = (digest, client_ip, agent)
         entry = self._entries.get(key)
         fresh_for = self._ttl if ttl is None else ttl
         # A hit needs no dead-token lookup: marking a token dead evicts its entries, and none is stored
@@ -242,7 +250,7 @@ class SessionChecker:
         if entry is not None and self._clock() - entry.fetched_at < fresh_for:
             self._entries.move_to_end(key)
             return Outcome(entry.user, "hit")
-        return await self._miss(key, token, client_ip, user_agent, lifetime, fresh_for)
+        return await self._miss(key, token, client_ip, user_agent, lifetime, fresh_for, device_id)
 
     async def _miss(
         self,
@@ -252,6 +260,7 @@ class SessionChecker:
         user_agent: str,
         lifetime: float | None,
         fresh_for: float,
+        device_id: str = "",
     ) -> Outcome:
         digest = key[0]
         deadline: float | None = None  # loop time until which a miss waits on another key's call
@@ -272,7 +281,7 @@ class SessionChecker:
                 deadline = loop.time() + self._wait
             remaining = deadline - loop.time()
             if other is None or other.done() or remaining <= 0:
-                task, source = self._start(key, token, client_ip, user_agent, lifetime), "miss"
+                task, source = self._start(key, token, client_ip, user_agent, lifetime, device_id), "miss"
                 break
             # asyncio.wait never cancels `other`: this request going away leaves the call to the others.
             await asyncio.wait((other,), timeout=remaining)
@@ -341,9 +350,15 @@ class SessionChecker:
         return digest
 
     def _start(
-        self, key: Key, token: str, client_ip: str, user_agent: str, lifetime: float | None
+        self,
+        key: Key,
+        token: str,
+        client_ip: str,
+        user_agent: str,
+        lifetime: float | None,
+        device_id: str = "",
     ) -> asyncio.Future[User]:
-        task = asyncio.ensure_future(self._refresh(key, token, client_ip, user_agent, lifetime))
+        task = asyncio.ensure_future(self._refresh(key, token, client_ip, user_agent, lifetime, device_id))
         self._inflight[key] = task
         self._inflight_token[key[0]] = task
         task.add_done_callback(lambda done: self._finished(key, done))
@@ -358,7 +373,13 @@ class SessionChecker:
             task.exception()  # retrieved here, so a call nobody waits for any more is not reported
 
     async def _refresh(
-        self, key: Key, token: str, client_ip: str, user_agent: str, lifetime: float | None
+        self,
+        key: Key,
+        token: str,
+        client_ip: str,
+        user_agent: str,
+        lifetime: float | None,
+        device_id: str = "",
     ) -> User:
         digest = key[0]
         if self._shared is not None:
@@ -367,7 +388,7 @@ class SessionChecker:
                 self._mark_dead(digest, self._bounded(remaining))
                 raise SessionKnownDead()
         try:
-            user = await self._fetch(token, client_ip, user_agent)
+            user = await self._fetch(token, client_ip, user_agent, device_id)
         except SessionRejected as exc:
             if exc.error_code not in SESSION_ENDED:
                 # A refusal that is not about this session (our client credentials, the domain, an

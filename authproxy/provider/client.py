@@ -66,8 +66,12 @@ class CentralAuthClient:
                 return Tokens(access_token=token, expires_in=seconds)
         raise self._failure(answer, LoginRejected)
 
-    async def userinfo(self, token: str, client_ip: str, user_agent: str) -> User:
+    async def userinfo(self, token: str, client_ip: str, user_agent: str, device_id: str = "") -> User:
         headers = {"Content-Type": "text/plain", "auth-ip": client_ip, "User-Agent": user_agent}
+        if device_id:
+            # A native app's device id, which CentralAuth's hijack protection compares with the one
+            # its login was made with.
+            headers["device-id"] = device_id
         answer = await self._post(
             "/api/v1/userinfo", data=token.encode(), headers=headers, params={"domain": self.domain}
         )

@@ -128,7 +128,7 @@ async def _complete_login(request: web.Request, runtime: Runtime, state: str | N
     provider = runtime.provider
     tokens = await provider.verify(code, runtime.callback_url, transaction.verifier)
     try:
-        user = await runtime.userinfo(tokens.access_token, end_user_ip(request), user_agent(request))
+        user = await runtime.userinfo(tokens.access_token, end_user_ip(request), user_agent(request), "")
     except SessionRejected as exc:
         raise LoginRejected(exc.error_code) from None
     if transaction.affirm_user and user.id != transaction.affirm_user:

@@ -39,8 +39,12 @@ from authproxy.errors import (
 )
 from authproxy.forwarder import Upstream, forward
 from authproxy.gate import (
+    Bearer,
+    accepts_bearer,
     auth_mode,
+    bearer_credentials,
     check_session,
+    invalid_bearer,
     load_session,
     step_up,
     unauthenticated,
@@ -72,6 +76,8 @@ class _Stream:
 _STREAM = web.RequestKey("authproxy_stream", _Stream)
 # The route a proxied request fell under: an open connection is re-checked by its rules and TTL.
 _ROUTE = web.RequestKey("authproxy_route", Route)
+# A native client's device id: an open connection is re-checked with it, as its handshake was.
+_DEVICE = web.RequestKey("authproxy_device", str)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -94,15 +100,29 @@ async def handle(request: web.Request) -> web.StreamResponse:
     user: User | None = None
     session: Session | None = None
     ended = False  # the request carried a session CentralAuth has ended: its cookie is cleared
+    presented: Bearer | None = None  # the credentials of a native or API client, when it sent them
+    bearer_on = accepts_bearer(runtime, route)
     if auth != "public":
         session = await load_session(request, runtime)
+        if session is None and bearer_on:
+            presented = bearer_credentials(request)
+            session = presented.session(runtime) if presented is not None else None
+            if presented is not None and presented.device_id:
+                request[_DEVICE] = presented.device_id
         if session is not None:
             user = await check_session(
-                request, runtime, session, rules=route.rules, ttl=route.session_check_ttl
+                request,
+                runtime,
+                session,
+                rules=route.rules,
+                ttl=route.session_check_ttl,
+                device_id=presented.device_id if presented is not None else "",
             )
-            ended = user is None
+            ended = user is None and presented is None
             if user is None:
                 session = None
+        if user is None and presented is not None:
+            return invalid_bearer(request)  # never a redirect, optional route or not
         if user is None and auth == "required":
             response = unauthenticated(
                 request, runtime, target, api=wants_json(request, runtime, route, path)
@@ -113,9 +133,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if user is not None and route.step_up_max_age is not None:
             decision = decide(route, user, runtime.rules, runtime.clock())
             if decision.outcome == "step-up":
-                return step_up(request, runtime, target, api=wants_json(request, runtime, route, path))
+                api = presented is not None or wants_json(request, runtime, route, path)
+                return step_up(request, runtime, target, api=api)
     wire_target = route.forwarded_target(target)
     headers = _upstream_headers(request, runtime, upstream, user, session)
+    if bearer_on and not route.pass_authorization:
+        # The header carried (or may have carried) a CentralAuth token: it is the proxy's to judge,
+        # not the app's to see.
+        headers.popall("Authorization", None)
     if upgrade:
         return await _websocket(request, runtime, upstream, wire_target, headers, session)
 
@@ -194,6 +219,9 @@ def _upstream_headers(
         headers[names.preferred_username] = user.email
         if runtime.config.headers.pass_access_token:
             headers[names.access_token] = session.access_token
+        if runtime.assertions is not None:
+            # Proof for the upstream that the request came through the proxy (a client's copy was stripped).
+            headers[runtime.assertions.header] = runtime.assertions.for_upstream(user, upstream.url)
     return headers
 
 
@@ -302,6 +330,7 @@ def _watch(
             session,
             end_user_ip(request),
             user_agent(request),
+            request.get(_DEVICE, ""),
             request_id(request),
             lambda: cookie_value,
         )
@@ -324,6 +353,7 @@ def _recheck(
     session: Session,
     client_ip: str,
     agent: str,
+    device_id: str,
     rid: str,
     cookie_value: Callable[[], str],
 ) -> watch.Check:
@@ -341,6 +371,7 @@ def _recheck(
                 cookie_value,
                 rules=route.rules,
                 ttl=route.session_check_ttl,
+                device_id=device_id,
             )
         except AccessDenied:
             return Verdict("access denied")
