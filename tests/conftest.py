@@ -397,3 +397,11 @@ def no_authproxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith("AUTHPROXY_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+async def second_browser() -> AsyncIterator[Browser]:
+    """Another person's browser, beside `browser`."""
+    client = Browser()
+    yield client
+    await client.close()

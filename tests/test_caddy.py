@@ -8,30 +8,20 @@ is public for GET only. The browser only ever talks to Caddy and to the fake Cen
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from conftest import ProxyFactory
-from multidict import CIMultiDictProxy
+from support import frontsite
 from support.caddy import Caddy, caddy_binary, start_caddy
-from support.echo import received_headers
-from support.harness import Browser, Proxy, deep_merge, free_port
+from support.frontsite import IDENTITY, PATH_TRICKS, Answer, fetch, sites
+from support.harness import Browser
 from support.nginx import site_tls
 from yarl import URL
 
 ADA = "ada@example.com"
 BOB = "bob@staff.example"
 JSON = {"Accept": "application/json"}
-ROUTES: dict[str, Any] = {
-    "routes": [
-        {"path": "/open/", "auth": "public"},
-        {"path": "/staff/", "allowed_email_domains": ["staff.example"]},
-        {"path": "/forms/", "auth": "public", "methods": ["GET"]},
-    ]
-}
 # What a client may send to pass for someone: the app must never see any of it.
 SPOOFED = {
     "X-Auth-Request-User": "forged-user",
@@ -41,92 +31,24 @@ SPOOFED = {
     "X-Forwarded-Email": "forged@evil.example",
     "Remote-User": "forged-user",
 }
-IDENTITY = ["x-auth-request-user", "x-auth-request-email", "x-auth-request-preferred-username"]
-# A spelling that only resolves to /staff/x after a public prefix: never a public request.
-PATH_TRICKS = [
-    "/open/%2e%2e/staff/x",
-    "/open/../staff/x",
-    "/open;x/../staff/x",
-    "/open/x/..%2f..%2fstaff/x",
-    "/open//../staff/x",
-]
 
 
-@dataclass
-class Site:
-    url: str
-    proxy: Proxy
-    caddy: Caddy
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: CIMultiDictProxy[str]
-    text: str
-
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-    @property
-    def received(self) -> tuple[str, str, dict[str, str]]:
-        """The method, path and headers (names lower-cased) the echo app behind Caddy received."""
-        assert self.status == 200 and self.headers.get("X-Upstream") == "echo", (self.status, self.text[:300])
-        payload = self.json()
-        return payload["method"], payload["path"], received_headers(payload)
-
-
+Site = frontsite.Site[Caddy]
 SiteFactory = Callable[..., Awaitable[Site]]
 
 
 @pytest.fixture
 async def site_factory(proxy_factory: ProxyFactory, echo_url: str) -> AsyncIterator[SiteFactory]:
-    started: list[Caddy] = []
+    async def start_front(port: int, authproxy: str) -> Caddy:
+        return await start_caddy(port=port, authproxy=authproxy, app=URL(echo_url).raw_authority)
 
-    async def start(**overrides: Any) -> Site:
-        port = free_port()
-        url = f"https://127.0.0.1:{port}"
-        behind_caddy = {
-            "server": {"public_url": url, "trusted_proxies": ["127.0.0.1/32"]},
-            "session": {"cookie_secure": True},
-        }
-        proxy = await proxy_factory(**deep_merge(deep_merge(behind_caddy, ROUTES), overrides))
-        caddy = await start_caddy(
-            port=port, authproxy=URL(proxy.url).raw_authority, app=URL(echo_url).raw_authority
-        )
-        started.append(caddy)
-        return Site(url, proxy, caddy)
-
-    yield start
-    for caddy in started:
-        await caddy.stop()
+    async for start in sites(proxy_factory, start_front):
+        yield start
 
 
 @pytest.fixture
 async def site(site_factory: SiteFactory) -> Site:
     return await site_factory()
-
-
-@pytest.fixture
-async def second_browser() -> AsyncIterator[Browser]:
-    client = Browser()
-    yield client
-    await client.close()
-
-
-async def fetch(
-    browser: Browser,
-    url: str | URL,
-    *,
-    method: str = "GET",
-    headers: dict[str, str] | None = None,
-    follow: bool = False,
-    **kwargs: Any,
-) -> Answer:
-    async with browser.http.request(
-        method, url, headers=headers, allow_redirects=follow, ssl=site_tls().client_context, **kwargs
-    ) as response:
-        return Answer(response.status, response.headers, await response.text())
 
 
 async def sign_in(site: Site, browser: Browser, email: str, path: str = "/") -> Answer:

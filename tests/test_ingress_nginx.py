@@ -10,17 +10,14 @@ authproxy too, where they must not count for more than a refusal.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from conftest import DevIdp, ProxyFactory
-from multidict import CIMultiDictProxy
-from support.echo import received_headers
-from support.harness import Browser, Proxy, deep_merge, free_port
+from support import frontsite
+from support.frontsite import IDENTITY, PATH_TRICKS, Answer, fetch, sites
+from support.harness import Browser
 from support.ingress_nginx import (
     IngressNginx,
     auth_location,
@@ -28,108 +25,34 @@ from support.ingress_nginx import (
     sign_in_url,
     start_ingress_nginx,
 )
-from support.nginx import site_tls
 from yarl import URL
 
 ADA = "ada@example.com"
 BOB = "bob@staff.example"
 JSON = {"Accept": "application/json"}
-ROUTES: dict[str, Any] = {
-    "routes": [
-        {"path": "/open/", "auth": "public"},
-        {"path": "/staff/", "allowed_email_domains": ["staff.example"]},
-        {"path": "/forms/", "auth": "public", "methods": ["GET"]},
-    ]
-}
 SPOOFED = {
     "X-Auth-Request-User": "forged-user",
     "X-Auth-Request-Email": "forged@evil.example",
     "X-Auth-Request-Preferred-Username": "forged@evil.example",
 }
-IDENTITY = ["x-auth-request-user", "x-auth-request-email", "x-auth-request-preferred-username"]
-PATH_TRICKS = [
-    "/open/%2e%2e/staff/x",
-    "/open/../staff/x",
-    "/open;x/../staff/x",
-    "/open//../staff/x",
-    "/open/x/..%2f..%2fstaff/x",
-]
 
 
-@dataclass
-class Site:
-    url: str
-    proxy: Proxy
-    nginx: IngressNginx
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: CIMultiDictProxy[str]
-    text: str
-
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-    @property
-    def received(self) -> tuple[str, str, dict[str, str]]:
-        assert self.status == 200 and self.headers.get("X-Upstream") == "echo", (self.status, self.text[:300])
-        payload = self.json()
-        return payload["method"], payload["path"], received_headers(payload)
-
-
+Site = frontsite.Site[IngressNginx]
 SiteFactory = Callable[..., Awaitable[Site]]
 
 
 @pytest.fixture
 async def site_factory(proxy_factory: ProxyFactory, echo_url: str) -> AsyncIterator[SiteFactory]:
-    started: list[IngressNginx] = []
+    async def start_front(port: int, authproxy: str) -> IngressNginx:
+        return await start_ingress_nginx(port=port, authproxy=authproxy, app=URL(echo_url).raw_authority)
 
-    async def start(**overrides: Any) -> Site:
-        port = free_port()
-        url = f"https://127.0.0.1:{port}"
-        behind = {
-            "server": {"public_url": url, "trusted_proxies": ["127.0.0.1/32"]},
-            "session": {"cookie_secure": True},
-        }
-        proxy = await proxy_factory(**deep_merge(deep_merge(behind, ROUTES), overrides))
-        nginx = await start_ingress_nginx(
-            port=port, authproxy=URL(proxy.url).raw_authority, app=URL(echo_url).raw_authority
-        )
-        started.append(nginx)
-        return Site(url, proxy, nginx)
-
-    yield start
-    for nginx in started:
-        await nginx.stop()
+    async for start in sites(proxy_factory, start_front):
+        yield start
 
 
 @pytest.fixture
 async def site(site_factory: SiteFactory) -> Site:
     return await site_factory()
-
-
-@pytest.fixture
-async def second_browser() -> AsyncIterator[Browser]:
-    client = Browser()
-    yield client
-    await client.close()
-
-
-async def fetch(
-    browser: Browser,
-    url: str | URL,
-    *,
-    method: str = "GET",
-    headers: dict[str, str] | None = None,
-    follow: bool = False,
-    **kwargs: Any,
-) -> Answer:
-    async with browser.http.request(
-        method, url, headers=headers, allow_redirects=follow, ssl=site_tls().client_context, **kwargs
-    ) as response:
-        return Answer(response.status, response.headers, await response.text())
 
 
 def on_site(site: Site, location: str) -> URL:
@@ -153,7 +76,7 @@ async def sign_in(site: Site, browser: Browser, email: str, path: str) -> Answer
 
 def checked(site: Site) -> list[str]:
     """authproxy's answers to the controller's auth subrequests, oldest first (from nginx's log)."""
-    return [re.sub(r".* upstream=", "", line) for line in site.nginx.checks()]
+    return [re.sub(r".* upstream=", "", line) for line in site.front.checks()]
 
 
 def test_the_example_is_what_the_renderer_reads() -> None:

@@ -148,13 +148,6 @@ async def upstream_factory(aiohttp_server: Any) -> UpstreamFactory:
     return start
 
 
-@pytest.fixture
-async def second_browser() -> AsyncIterator[Browser]:
-    client = Browser()
-    yield client
-    await client.close()
-
-
 # --- 1, 2: per-route session-check TTL ----------------------------------------------------------------
 
 TTL_ROUTES = [{"path": "/live/", "session_check_ttl": 0}]
