@@ -23,9 +23,9 @@ demo: $(STAMP)
 
 test: system-deps lint typecheck unit
 
-# Servers the end-to-end tests start themselves on loopback ports (nginx, Caddy, redis-server, haproxy, and
-# the Tomcat 10 and Jetty 9 servlet containers with a JDK to build their test webapp; the system services
-# stay unused), wrk for the benchmark's smoke test, and the Chromium that tests/test_browser.py
+# Servers the end-to-end tests start themselves on loopback ports (nginx, Caddy, redis-server and
+# redis-sentinel, haproxy, and the Tomcat 10 and Jetty 9 servlet containers with a JDK to build their
+# test webapp; the system services stay unused), wrk for the benchmark's smoke test, and the Chromium that tests/test_browser.py
 # drives (Playwright's own browser download is not used).
 system-deps: bench-deps
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
@@ -37,6 +37,9 @@ system-deps: bench-deps
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server; }
+	@command -v redis-sentinel >/dev/null 2>&1 || test -x /usr/bin/redis-sentinel || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-sentinel; }
 	@test -x /usr/bin/chromium || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }

@@ -71,7 +71,16 @@ def build_runtime(
     if session.store == "redis":
         from authproxy.session.redis import RedisStore, make_client  # imported here only: see redis_store
 
-        client = redis if redis is not None else make_client(session.redis_url)
+        client = redis
+        if client is None:
+            client = make_client(
+                session.redis_url,
+                sentinels=session.redis_sentinels,
+                sentinel_master=session.redis_sentinel_master,
+                ca_file=session.redis_ca_file,
+                username=session.redis_username,
+                password=session.redis_password.get_secret_value(),
+            )
         store = RedisStore(client, sealer, cookie.name, clock)
     else:
         store = CookieStore(sealer, cookie.name, clock)
@@ -307,6 +316,11 @@ RESTART_ONLY = (
     ("server", "upstream_acquire_timeout"),
     ("session", "store"),
     ("session", "redis_url"),
+    ("session", "redis_sentinels"),
+    ("session", "redis_sentinel_master"),
+    ("session", "redis_ca_file"),
+    ("session", "redis_username"),
+    ("session", "redis_password"),
     # The websocket connector's limit is set when it is made.
     ("websocket", "max_open"),
 )

@@ -308,6 +308,14 @@ class CentralAuthConfig(Section):
 class SessionConfig(Section):
     store: Literal["cookie", "redis"] = "cookie"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Sentinel: the sentinels' "host:port"s and the master's name; `redis_url` then gives only
+    # the scheme (redis:// or rediss://) and the db number, its host is not used.
+    redis_sentinels: list[HostPort] = []
+    redis_sentinel_master: str = ""
+    redis_ca_file: FilePath = ""
+    redis_username: str = ""
+    redis_password: SecretStr = SecretStr("")
+    redis_password_file: Path | None = None
     cookie_name: str = Field("_authproxy", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     cookie_secrets: list[SecretStr] = []
     cookie_secret_file: Path | None = None
@@ -321,6 +329,27 @@ class SessionConfig(Section):
     def _redis_url(cls, value: str) -> str:
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _sentinel_master(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", value):
+            raise ValueError(f"not a Sentinel master name: {value!r}")
+        return value
+
+    @field_validator("redis_password")
+    @classmethod
+    def _inline_redis_password(cls, value: SecretStr) -> SecretStr:
+        if is_placeholder(value.get_secret_value()):
+            raise ValueError("is a placeholder; put the Redis user's password here")
+        return value
+
+    @field_validator("redis_password_file")
+    @classmethod
+    def _redis_password_file(cls, value: Path | None) -> Path | None:
+        if value is not None and is_placeholder(_read_secret_file(value)):
+            raise ValueError(f"{str(value)!r} holds a placeholder; put the Redis user's password in it")
         return value
 
     # Each secret is judged by its key's own validator, so that every bad one is reported (with an
@@ -361,7 +390,24 @@ class SessionConfig(Section):
         if self.cookie_samesite == "none" and not self.cookie_secure:
             raise ValueError("cookie_samesite: 'none' requires cookie_secure = true (browsers drop it)")
         object.__setattr__(self, "cookie_secrets", secrets)
+        self._redis_settings()
         return self
+
+    def _redis_settings(self) -> None:
+        if self.redis_password_file is not None:
+            if self.redis_password.get_secret_value():
+                raise ValueError("redis_password: set redis_password or redis_password_file, not both")
+            password = _read_secret_file(self.redis_password_file, "redis_password_file")
+            object.__setattr__(self, "redis_password", SecretStr(password))
+        scheme = urlsplit(self.redis_url).scheme
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("redis_sentinel_master: required with redis_sentinels (the master's name)")
+        if self.redis_sentinel_master and not self.redis_sentinels:
+            raise ValueError("redis_sentinels: required with redis_sentinel_master (their host:port)")
+        if self.redis_sentinels and scheme == "unix":
+            raise ValueError("redis_url: with redis_sentinels it is redis:// or rediss:// (scheme and db)")
+        if self.redis_ca_file and scheme != "rediss":
+            raise ValueError("redis_ca_file: applies to a rediss:// redis_url only")
 
 
 class UpstreamConfig(Section):

@@ -18,15 +18,19 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
+from authproxy.config import split_host_port
 from authproxy.core.seal import Sealer
 from authproxy.errors import SessionStoreUnavailable, SessionTooLarge
 from authproxy.session.model import Session
@@ -157,8 +161,50 @@ async def listen_for_revocations(
             await asyncio.sleep(retry_delay)
 
 
-def make_client(url: str) -> aioredis.Redis:
+def make_client(
+    url: str,
+    *,
+    sentinels: Sequence[str] = (),
+    sentinel_master: str = "",
+    ca_file: str = "",
+    username: str = "",
+    password: str = "",
+) -> aioredis.Redis:
+    """A client for `url`, or for the master the `sentinels` name `sentinel_master` (`url` then gives
+    only the scheme, rediss:// for TLS, and the db number).
+
+    `ca_file` verifies a rediss:// server (and the sentinels, which then speak TLS too); `username` and
+    `password` (Redis ACL, or `requirepass` with no username) win over any in the URL and are sent to
+    the data nodes only, never to the sentinels. Every wait has a bound: connecting, reading, and each
+    sentinel asked where the master is.
+    """
     # Short timeouts: a request waiting on a dead Redis should become a 503 quickly, not hang.
-    return aioredis.Redis.from_url(
-        url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=15, retry_on_timeout=False
-    )
+    options: dict[str, Any] = {
+        "socket_connect_timeout": 1.0,
+        "socket_timeout": 1.0,
+        "health_check_interval": 15,
+        "retry_on_timeout": False,
+    }
+    tls = urlsplit(url).scheme == "rediss"
+    if tls and ca_file:
+        options["ssl_ca_certs"] = ca_file
+    credentials = {name: value for name, value in (("username", username), ("password", password)) if value}
+    if not sentinels:
+        client = aioredis.Redis.from_url(url, **options)
+        client.connection_pool.connection_kwargs.update(credentials)
+        return client
+    from_url = parse_url(url)
+    if tls:
+        options["ssl"] = True
+    sentinel_options = {
+        name: value
+        for name, value in options.items()
+        if name in ("socket_connect_timeout", "socket_timeout", "ssl", "ssl_ca_certs")
+    }
+    manager = Sentinel([split_host_port(address) for address in sentinels], sentinel_kwargs=sentinel_options)
+    for name in ("username", "password"):
+        if name in from_url and name not in credentials:
+            credentials[name] = from_url[name]
+    options.update(credentials, db=int(from_url.get("db", 0)))
+    master: aioredis.Redis = manager.master_for(sentinel_master, **options)
+    return master
