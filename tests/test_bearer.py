@@ -206,3 +206,22 @@ async def test_without_compat_routes_those_paths_belong_to_the_app(proxy_factory
     proxy = await proxy_factory(routes={"skip_auth": ["^/api/auth/"]})
     status, _, body = await get(f"{proxy.url}/api/auth/user", {"Accept": "application/json"})
     assert status == 200 and body["path"] == "/api/auth/user"  # the echo upstream answered
+
+
+async def test_forward_auth_checks_a_bearer_client_like_a_proxied_one(
+    proxy_factory: ProxyFactory, devidp: DevIdp
+) -> None:
+    proxy = await bearer_proxy(proxy_factory)
+    token = await native_sign_in(devidp, proxy)
+    headers = {**NATIVE, "Authorization": f"Bearer {token}", "device-id": DEVICE}
+    status, answer, _ = await get(f"{proxy.url}/oauth2/auth", headers)
+    assert status == 202 and answer["X-Auth-Request-Email"] == "ada@example.com"
+    # Another device: CentralAuth ends the session; the check says so the RFC 6750 way.
+    status, answer, body = await get(f"{proxy.url}/oauth2/auth", {**headers, "device-id": "other"})
+    assert status == 401 and answer["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert body["error"] == "invalid_token"
+    assert (await get(f"{proxy.url}/oauth2/auth", headers))[0] == 401
+    # Where bearer tokens are off, a token alone is no session: the plain 401.
+    plain = await proxy_factory(server={"trusted_proxies": ["127.0.0.1/32"]})
+    status, answer, body = await get(f"{plain.url}/oauth2/auth", headers)
+    assert status == 401 and body["error"] == "unauthorized" and "WWW-Authenticate" not in answer

@@ -92,11 +92,23 @@ async def _check(request: web.Request, appended: str | None) -> web.Response:
     if mode == "public":
         return _allowed(runtime)
     session = await gate.load_session(request, runtime)
+    presented = None
+    if session is None and gate.accepts_bearer(runtime, route):
+        # An API client behind the front proxy: its Bearer token and device id, as on a proxied request.
+        presented = gate.bearer_credentials(request)
+        session = presented.session(runtime) if presented is not None else None
     user = None
     if session is not None:
         user = await gate.check_session(
-            request, runtime, session, rules=route.rules, ttl=route.session_check_ttl
+            request,
+            runtime,
+            session,
+            rules=route.rules,
+            ttl=route.session_check_ttl,
+            device_id=presented.device_id if presented is not None else "",
         )
+    if user is None and presented is not None:
+        return gate.invalid_bearer(request)  # a token that does not check out: 401, whatever the mode
     if user is None or session is None:
         if mode == "optional":
             return _allowed(runtime)  # anonymous: no identity headers
