@@ -14,14 +14,11 @@ import pytest
 from conftest import ProxyFactory
 from support import frontsite
 from support.caddy import Caddy, caddy_binary, start_caddy
-from support.frontsite import IDENTITY, PATH_TRICKS, Answer, fetch, sites
+from support.frontsite import ADA, BOB, IDENTITY, JSON, PATH_TRICKS, Answer, fetch, sites
 from support.harness import Browser
 from support.nginx import site_tls
 from yarl import URL
 
-ADA = "ada@example.com"
-BOB = "bob@staff.example"
-JSON = {"Accept": "application/json"}
 # What a client may send to pass for someone: the app must never see any of it.
 SPOOFED = {
     "X-Auth-Request-User": "forged-user",

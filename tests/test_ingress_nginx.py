@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from conftest import DevIdp, ProxyFactory
 from support import frontsite
-from support.frontsite import IDENTITY, PATH_TRICKS, Answer, fetch, sites
+from support.frontsite import ADA, BOB, IDENTITY, JSON, PATH_TRICKS, Answer, fetch, sites
 from support.harness import Browser
 from support.ingress_nginx import (
     IngressNginx,
@@ -27,9 +27,6 @@ from support.ingress_nginx import (
 )
 from yarl import URL
 
-ADA = "ada@example.com"
-BOB = "bob@staff.example"
-JSON = {"Accept": "application/json"}
 SPOOFED = {
     "X-Auth-Request-User": "forged-user",
     "X-Auth-Request-Email": "forged@evil.example",

@@ -21,11 +21,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from support.listening import wait_until_listening
-from support.nginx import site_tls
+from support.nginx import write_site_tls
+from support.servers import ServerProcess
 
 SITE = Path(__file__).resolve().parents[2] / "deploy" / "caddy" / "Caddyfile"
 DEBIAN_CADDY = "/usr/bin/caddy"
@@ -36,7 +38,6 @@ MISSING_CADDY = (
     "caddy binary (2.6 or later, with forward_auth). These tests never skip."
 )
 START_TIMEOUT = 15.0
-STOP_TIMEOUT = 5.0
 
 GLOBAL_OPTIONS = """\
 {{
@@ -87,35 +88,16 @@ def render_site(text: str, edits: dict[str, str]) -> str:
 
 
 @dataclass
-class Caddy:
+class Caddy(ServerProcess):
     """A running Caddy serving the example site at `url` (https://127.0.0.1:<port>)."""
 
-    url: str
-    directory: Path
-    process: asyncio.subprocess.Process
-
-    def log(self, name: str = "caddy.log") -> str:
-        path = self.directory / name
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
+    log_name: ClassVar[str] = "caddy.log"
 
 
 def _prepare(*, port: int, authproxy: str, app: str) -> tuple[Path, Path]:
     """Caddy's private directory with the certificate, a home, and the rendered Caddyfile in it."""
     directory = Path(tempfile.mkdtemp(prefix="authproxy-caddy-"))
-    tls = site_tls()
-    cert, key = directory / "site.crt", directory / "site.key"
-    cert.write_bytes(tls.cert)
-    key.write_bytes(tls.key)
+    cert, key = write_site_tls(directory)
     (directory / "home").mkdir()
     edits = site_edits(port=port, authproxy=authproxy, app=app, cert=cert, key=key)
     config = directory / "Caddyfile"

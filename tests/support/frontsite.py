@@ -18,6 +18,9 @@ from support.echo import received_headers
 from support.harness import Browser, Proxy, deep_merge, free_port
 from support.nginx import site_tls
 
+ADA = "ada@example.com"  # admitted by the global rules, not by /staff/'s
+BOB = "bob@staff.example"  # admitted by /staff/'s allow-list
+JSON = {"Accept": "application/json"}
 # `/open/` is public, `/staff/` admits staff.example only, `/forms/` is public for GET only.
 ROUTES: dict[str, Any] = {
     "routes": [

@@ -21,11 +21,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 import pytest
 
 from support.listening import wait_until_listening
+from support.servers import ServerProcess
 
 DEBIAN_HAPROXY = "/usr/sbin/haproxy"
 HAPROXY_ENV = "AUTHPROXY_TEST_HAPROXY"
@@ -35,7 +37,6 @@ MISSING_HAPROXY = (
     f"{HAPROXY_ENV} to a haproxy binary. These tests never skip."
 )
 START_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
 # The address HAProxy connects to authproxy from: the one address the tests tell authproxy to trust.
 HOP_ADDRESS = "127.0.0.1"
 
@@ -83,28 +84,10 @@ def render_config(*, port: int, backend: str, frontend_extra: Sequence[str] = ()
 
 
 @dataclass
-class HAProxy:
+class HAProxy(ServerProcess):
     """A running haproxy at `url` (http://127.0.0.1:<port>) in front of one authproxy."""
 
-    url: str
-    directory: Path
-    process: asyncio.subprocess.Process
-
-    def log(self) -> str:
-        """Everything haproxy wrote: config warnings, startup alerts and one line per request."""
-        path = self.directory / "output.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            # SIGTERM is haproxy's hard stop: it closes every connection at once, which is all a test needs.
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
+    log_name: ClassVar[str] = "output.log"
 
 
 async def start_haproxy(*, port: int, authproxy_url: str, frontend_extra: Sequence[str] = ()) -> HAProxy:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from support.listening import wait_until_listening
-from support.nginx import STOP_TIMEOUT, nginx_binary, site_tls
+from support.nginx import nginx_binary, write_site_tls
+from support.servers import ServerProcess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "ingress-nginx.yaml"
 ANNOTATION = "nginx.ingress.kubernetes.io/"
@@ -223,40 +223,19 @@ server {{
 
 
 @dataclass
-class IngressNginx:
+class IngressNginx(ServerProcess):
     """A running nginx serving the rendered site at `url` (https://127.0.0.1:<port>)."""
-
-    url: str
-    directory: Path
-    process: asyncio.subprocess.Process
-
-    def log(self, name: str = "error.log") -> str:
-        path = self.directory / name
-        return path.read_text(errors="replace") if path.exists() else ""
 
     def checks(self) -> list[str]:
         """The auth subrequests nginx made, oldest first: `GET /_external-auth-... 202 upstream=202`."""
         return [line for line in self.log("access.log").splitlines() if "/_external-auth-" in line]
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _prepare(*, port: int, authproxy: str, app: str) -> tuple[Path, Path]:
     """nginx's private directory with the certificate, the rendered site and the main config in it."""
     directory = Path(tempfile.mkdtemp(prefix="authproxy-ingress-nginx-"))
     directory.chmod(0o755)  # nginx's workers drop to an unprivileged user when run as root
-    tls = site_tls()
-    cert, key = directory / "site.crt", directory / "site.key"
-    cert.write_bytes(tls.cert)
-    key.write_bytes(tls.key)
+    cert, key = write_site_tls(directory)
     site = render_site(read_example(), port=port, authproxy=authproxy, app=app, cert=cert, key=key)
     (directory / "site.conf").write_text(site)
     main = directory / "nginx.conf"

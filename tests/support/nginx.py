@@ -35,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from support.harness import free_port
 from support.listening import wait_until_listening
+from support.servers import ServerProcess
 
 SITE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "authproxy.conf"
 DEBIAN_NGINX = "/usr/sbin/nginx"
@@ -45,7 +46,6 @@ MISSING_NGINX = (
     f"{NGINX_ENV} to an nginx binary built with the auth_request module. These tests never skip."
 )
 START_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
 
 # The main config around the example site. `daemon off` keeps nginx in the foreground as our child;
 # the *_temp_path lines replace the compiled-in /var/lib/nginx paths.
@@ -181,26 +181,17 @@ def render_site(text: str, edits: dict[str, str]) -> str:
 
 
 @dataclass
-class Nginx:
+class Nginx(ServerProcess):
     """A running nginx serving the example site at `url` (https://127.0.0.1:<port>)."""
 
-    url: str
-    directory: Path
-    process: asyncio.subprocess.Process
 
-    def log(self, name: str = "error.log") -> str:
-        path = self.directory / name
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.terminate()  # SIGTERM: nginx's fast shutdown, no waiting for idle keep-alives
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
+def write_site_tls(directory: Path) -> tuple[Path, Path]:
+    """The site's certificate and key as `site.crt` and `site.key` in `directory`."""
+    tls = site_tls()
+    cert, key = directory / "site.crt", directory / "site.key"
+    cert.write_bytes(tls.cert)
+    key.write_bytes(tls.key)
+    return cert, key
 
 
 def _prepare(*, https_port: int, authproxy: str, app: str) -> tuple[Path, Path, IO[bytes]]:
@@ -212,10 +203,7 @@ def _prepare(*, https_port: int, authproxy: str, app: str) -> tuple[Path, Path, 
     directory = Path(tempfile.mkdtemp(prefix="authproxy-nginx-"))
     # When run as root nginx's workers drop to an unprivileged user, who must still reach the temp dirs.
     directory.chmod(0o755)
-    tls = site_tls()
-    cert, key = directory / "site.crt", directory / "site.key"
-    cert.write_bytes(tls.cert)
-    key.write_bytes(tls.key)
+    cert, key = write_site_tls(directory)
     edits = site_edits(
         https_port=https_port, http_port=free_port(), authproxy=authproxy, app=app, cert=cert, key=key
     )
