@@ -214,8 +214,6 @@ def login_start(request: web.Request, runtime: Runtime, target: Target) -> str:
     session cookie reaches both hosts through `cookie_domain`.
     """
     host = request.headers.get("Host", "")
-    if not runtime.route_table.hosts_served or host.lower() == runtime.public_host:
-        return start_url(runtime, target.wire_target)
-    if not runtime.route_table.serves_host(host):
+    if host.lower() == runtime.public_host or not runtime.route_table.serves_host(host):
         return start_url(runtime, target.wire_target)
     return f"{runtime.public_origin}{start_url(runtime, f'{runtime.public_scheme}://{host}{target.wire_target}')}"

@@ -130,17 +130,14 @@ class RouteTable:
     def __init__(self, routes: Sequence[Route], default: Route) -> None:
         self.routes = tuple(routes)
         self.default = default
+        # The hosts of host routes, as written (`app.example.com`, `*.example.com`).
+        self.hosts_served = frozenset(route.host for route in self.routes if route.host)
 
     def match(self, host: str, method: str, path: str) -> Route:
         for route in self.routes:
             if route.matches(host, method, path):
                 return route
         return self.default
-
-    @property
-    def hosts_served(self) -> frozenset[str]:
-        """The hosts of host routes, as written (`app.example.com`, `*.example.com`)."""
-        return frozenset(route.host for route in self.routes if route.host)
 
     def serves_host(self, host: str) -> bool:
         return any(host_matches(rule, host) for rule in self.hosts_served)
