@@ -310,10 +310,10 @@ def oracle(case: Case) -> Outcome:
 # -- the client under test --------------------------------------------------------------------------
 
 
-async def play(upstream: RawUpstream, case: Case) -> Outcome:
+async def play(upstream: RawUpstream, case: Case, patience: float = 0.5) -> Outcome:
     origin, _ = h1.Origin.split(upstream.url)
     pool = h1.Pool()
-    timeouts = {"connect_timeout": 2.0, "response_timeout": 0.5, "read_timeout": 0.5}
+    timeouts = {"connect_timeout": 2.0, "response_timeout": patience, "read_timeout": patience}
     target = f"/case/{case.number}"
     try:
         try:
@@ -335,7 +335,7 @@ async def play(upstream: RawUpstream, case: Case) -> Outcome:
             return Outcome("error", detail=exc.detail)
         if not hold:
             response.release()
-        number = next(number for number, seen in upstream.seen if seen == target)
+        number = [number for number, seen in upstream.seen if seen == target][-1]  # the latest play
         await asyncio.wait_for(upstream.conns[number].finished.wait(), 10)
         await asyncio.sleep(0.01)
         if hold:
@@ -382,8 +382,14 @@ async def test_h1_agrees_with_h11() -> None:
     async with RawUpstream(answer) as upstream:
 
         async def run(case: Case) -> tuple[Case, Outcome, Outcome]:
+            expected = oracle(case)
             async with gate:
-                return case, await play(upstream, case), oracle(case)
+                got = await play(upstream, case)
+            if got.kind == "waiting" and expected.kind != "waiting":
+                # "Still waiting" is judged by a short timeout; on a loaded machine a stall of the
+                # event loop can outlast it, so the case is played once more with time to spare.
+                got = await play(upstream, case, patience=10.0)
+            return case, got, expected
 
         results = await asyncio.gather(*(run(case) for case in cases))
 
