@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from authproxy import answers, logs
+from authproxy import answers, logs, tracing
 from authproxy.access_log import AccessLogger
 from authproxy.assertion import Assertions
 from authproxy.config import Config, RouteConfig, UpstreamConfig, split_host_port
@@ -35,7 +36,15 @@ from authproxy.forwarder import Router, Upstream, make_client_session
 from authproxy.h1 import Pool
 from authproxy.metrics import Metrics, multiprocess_mode
 from authproxy.pages import Branding
-from authproxy.provider.checker import DeadTokens, Fetch, SessionChecker
+from authproxy.provider.broker import BROKER_ENV, BrokerClient
+from authproxy.provider.checker import (
+    ChainedChecks,
+    DeadTokens,
+    DeadTokensFanout,
+    Fetch,
+    SessionChecker,
+    SharedChecks,
+)
 from authproxy.provider.client import CentralAuthClient
 from authproxy.routes import auth, compat, forward_auth, health, jwks, proxy, signout
 from authproxy.routes.common import request_context
@@ -69,18 +78,9 @@ def build_runtime(
     prefix = config.server.proxy_prefix
     store: SessionStore
     if session.store == "redis":
-        from authproxy.session.redis import RedisStore, make_client  # imported here only: see redis_store
+        from authproxy.session.redis import RedisStore, client_for  # imported here only: see redis_store
 
-        client = redis
-        if client is None:
-            client = make_client(
-                session.redis_url,
-                sentinels=session.redis_sentinels,
-                sentinel_master=session.redis_sentinel_master,
-                ca_file=session.redis_ca_file,
-                username=session.redis_username,
-                password=session.redis_password.get_secret_value(),
-            )
+        client = redis if redis is not None else client_for(session)
         store = RedisStore(client, sealer, cookie.name, clock)
     else:
         store = CookieStore(sealer, cookie.name, clock)
@@ -206,6 +206,10 @@ def build_app(
     )
     app = web.Application(middlewares=[request_context])
     app[LIVE] = Live(runtime)
+    if config.tracing.otlp_endpoint:
+        # First in, last out: the spans of the last requests leave after everything else has closed.
+        attach = lambda started: setattr(app[LIVE].runtime, "tracing", started)  # noqa: E731
+        app.cleanup_ctx.append(tracing.lifetime(config.tracing, attach))
     app.cleanup_ctx.append(_client_sessions)
     app.on_shutdown.append(_end_connections)
     app.cleanup_ctx.append(_metrics_listener)
@@ -253,6 +257,15 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
         keepalive=server.upstream_keepalive,
         acquire_timeout=server.upstream_acquire_timeout,
     )
+    broker_path = os.environ.get(BROKER_ENV, "")
+    if broker_path:  # a supervised worker: its siblings share session-check answers through the broker
+        runtime.broker = BrokerClient(
+            broker_path,
+            wait=runtime.config.centralauth.timeout,
+            keep=_longest_ttl(runtime.config),
+            # Looks the runtime up on every message: a reload replaces it.
+            on_dead=lambda digest: _evict_hex(app[LIVE].runtime, digest.hex()),
+        )
     _attach_backchannel(runtime)
     runtime.metrics.track_cache_size(lambda: len(app[LIVE].runtime.checker))
     listener = None
@@ -271,6 +284,8 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
             await listener
     if redis is not None:
         await redis.client.aclose()
+    if runtime.broker is not None:
+        await runtime.broker.close()
     await pool.close()
     await websockets.close()
     await http.close()
@@ -289,6 +304,19 @@ def _attach_backchannel(runtime: Runtime, dead: DeadTokens | None = None) -> Non
         timeout=centralauth.timeout,
     )
     runtime.counted_userinfo = _counted(runtime.centralauth, runtime.metrics)
+    # The shared levels a miss asks before CentralAuth: this instance's workers (the broker), then
+    # every replica (Redis). Dead tokens are told to both.
+    redis = redis_store(runtime.store)
+    replicas = None
+    if redis is not None:
+        from authproxy.session.redis_checks import RedisChecks  # imported here only: see redis_store
+
+        replicas = RedisChecks(redis.client, keep=_longest_ttl(runtime.config), wait=centralauth.timeout)
+    tiers: SharedChecks | None = replicas
+    if runtime.broker is not None:
+        tiers = runtime.broker if replicas is None else ChainedChecks(runtime.broker, replicas)
+    memories = [memory for memory in (redis, runtime.broker) if memory is not None]
+    shared = memories[0] if len(memories) == 1 else DeadTokensFanout(*memories) if memories else None
     runtime.session_checker = SessionChecker(
         runtime.userinfo,
         ttl=centralauth.session_check_ttl,
@@ -297,13 +325,18 @@ def _attach_backchannel(runtime: Runtime, dead: DeadTokens | None = None) -> Non
         # No session outlives the cookie's max_age, so neither need the memory of its token's death.
         dead_lifetime=float(runtime.config.session.max_age),
         wait=centralauth.timeout,
-        shared=redis_store(runtime.store),
+        shared=shared,
         clock=runtime.monotonic,
         dead=dead,
-        longest_ttl=max(
-            (entry.session_check_ttl or 0.0 for entry in runtime.config.routes.table), default=0.0
-        ),
+        longest_ttl=_longest_ttl(runtime.config),
+        tiers=tiers,
     )
+
+
+def _longest_ttl(config: Config) -> float:
+    """The longest time any route may use a session-check answer."""
+    routes = [entry.session_check_ttl or 0.0 for entry in config.routes.table]
+    return float(max([config.centralauth.session_check_ttl, *routes]))
 
 
 RESTART_ONLY = (
@@ -323,6 +356,10 @@ RESTART_ONLY = (
     ("session", "redis_password"),
     # The websocket connector's limit is set when it is made.
     ("websocket", "max_open"),
+    # The tracer and its exporter are started once per worker.
+    ("tracing", "otlp_endpoint"),
+    ("tracing", "service_name"),
+    ("tracing", "sample_ratio"),
 )
 
 
@@ -391,6 +428,8 @@ _PROCESS_STATE = (
     "request_ids",
     "access_lines",
     "probe_cache",
+    "tracing",
+    "broker",
 )
 
 

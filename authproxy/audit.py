@@ -1,8 +1,10 @@
 """The audit event stream: security-relevant events, one JSON object each, with a versioned schema.
 
 Events: `login.success`, `login.failure` (reason), `session.revoked` (by CentralAuth), `logout`
-(outcome), `access.denied` (rule). Every event carries `audit` (the schema version), `event` and the
-request id; users appear by CentralAuth id, sessions by a short non-reversible fingerprint.
+(outcome), `access.denied` (rule), and from `authproxy sessions` (request id empty, `by="cli"`):
+`admin.sessions_listed`, `admin.session_revoked`, `admin.centralauth_logout_failed`. Every event
+carries `audit` (the schema version), `event` and the request id; users appear by CentralAuth id,
+sessions by a short non-reversible fingerprint.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The `authproxy` command line: serve, check-config, explain, devidp, demo, gen-secret, gen-signing-key.
+"""The `authproxy` command line: serve, check-config, explain, sessions, devidp, demo, gen-secret,
+gen-signing-key.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid configuration (one line per problem,
 each naming its key). Valid but risky settings are warnings (`warning: key: message` from check-config,
@@ -12,7 +13,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 
-from authproxy import __version__
+from authproxy import __version__, sessions_command
 from authproxy.config import Config, ConfigError, load
 from authproxy.config_checks import config_warnings
 
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=4180, help="proxy port (default 4180)")
     demo.add_argument("--idp-port", type=int, default=9000, help="fake CentralAuth port (default 9000)")
     demo.add_argument("--app-port", type=int, default=8080, help="whoami app port (default 8080)")
+    sessions_command.add_parser(commands)
     commands.add_parser("gen-secret", help="print a fresh cookie secret")
     commands.add_parser(
         "gen-signing-key", help="print a fresh EC P-256 private key (PEM) for [headers] jwt_signing_key_file"
@@ -66,12 +68,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_config(path: str, strict: bool = False, show_routes: bool = False) -> int:
+def _load(path: str) -> Config | None:
+    """The config at `path`, or None after printing its problems, one `key: message` line each."""
     try:
-        config = load(path)
+        return load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def check_config(path: str, strict: bool = False, show_routes: bool = False) -> int:
+    config = _load(path)
+    if config is None:
         return EXIT_CONFIG
     warnings = config_warnings(config)
     if strict and warnings:
@@ -94,11 +103,8 @@ def explain(args: argparse.Namespace) -> int:
     from authproxy.explain import Subject
     from authproxy.explain import explain as trace
 
-    try:
-        config = load(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return EXIT_CONFIG
     subject = Subject(args.email, not args.unverified, args.blocked, args.affirmed_ago, args.client_ip)
     try:
@@ -134,11 +140,8 @@ def gen_signing_key() -> int:
 
 
 def serve(path: str) -> int:
-    try:
-        config = load(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = _load(path)
+    if config is None:
         return EXIT_CONFIG
     from authproxy import logs, server
 
@@ -184,4 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args.config)
     if args.command == "demo":
         return demo(args.port, args.idp_port, args.app_port)
+    if args.command == "sessions":
+        config = _load(args.config)
+        return EXIT_CONFIG if config is None else sessions_command.run(args, config)
     return EXIT_FAILURE

@@ -14,6 +14,7 @@ lists also take the comma-separated form operators write by hand (`10.0.0.0/8,19
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import ipaddress
 import json
 import os
@@ -596,6 +597,55 @@ class LoggingConfig(Section):
         return value.lower() if isinstance(value, str) else value
 
 
+# What `[tracing]` needs at run time: the `otel` extra (`pip install 'authproxy[otel]'`).
+OTEL_MODULES = (
+    "opentelemetry.trace",
+    "opentelemetry.sdk.trace",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+)
+
+
+def otel_missing() -> str | None:
+    """The first module of the `otel` extra that cannot be found, or None when all can.
+
+    Only looks (`find_spec`): nothing of OpenTelemetry is run unless tracing is configured.
+    """
+    for name in OTEL_MODULES:
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            return name
+    return None
+
+
+class TracingConfig(Section):
+    # The OTLP/HTTP collector's base URL, as OTEL_EXPORTER_OTLP_ENDPOINT means it: spans go to
+    # <otlp_endpoint>/v1/traces as protobuf. Empty = no tracing (OpenTelemetry is never imported).
+    otlp_endpoint: str = ""
+    service_name: str = Field("authproxy", min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+    # The share of traces started here that are recorded; a trusted proxy's sampled trace context
+    # keeps its own decision.
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _collector(cls, value: str) -> str:
+        if not value:
+            return value
+        value = _http_url(value)
+        parts = urlsplit(value)
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment (spans go to <otlp_endpoint>/v1/traces)")
+        if otel_missing() is not None:
+            raise ValueError(
+                "tracing needs the OpenTelemetry packages, which are not installed: "
+                "pip install 'authproxy[otel]' (or leave otlp_endpoint empty)"
+            )
+        return value
+
+
 class Config(BaseSettings):
     """The whole configuration; build it with `load()`, never directly."""
 
@@ -620,6 +670,7 @@ class Config(BaseSettings):
     websocket: WebsocketConfig = WebsocketConfig()
     logging: LoggingConfig = LoggingConfig()
     branding: BrandingConfig = BrandingConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @classmethod
     def settings_customise_sources(

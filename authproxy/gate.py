@@ -10,7 +10,7 @@ a 503, unless the stale window covers it).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -22,11 +22,19 @@ from authproxy.core.authorization import Rules, denial
 from authproxy.core.paths import Target
 from authproxy.core.routing import Auth, Route
 from authproxy.core.user import User
-from authproxy.errors import AccessDenied, AmbiguousRequest, SessionRejected, StepUpRequired
+from authproxy.errors import (
+    AccessDenied,
+    AmbiguousRequest,
+    CentralAuthUnavailable,
+    SessionRejected,
+    StepUpRequired,
+)
 from authproxy.logs import fingerprint
-from authproxy.provider.checker import SessionKnownDead
+from authproxy.provider.checker import Outcome, SessionKnownDead
 from authproxy.runtime import Runtime
 from authproxy.session.model import Session
+from authproxy.session.store import redis_store
+from authproxy.tracing import OUTCOME, Tracing
 
 
 def start_url(runtime: Runtime, return_to: str) -> str:
@@ -69,6 +77,10 @@ async def check_session(
     return user
 
 
+# Outcomes of a check that CentralAuth has just answered (here, or in another worker or replica).
+_FRESH = frozenset({"miss", "shared"})
+
+
 async def verify_session(
     runtime: Runtime,
     session: Session,
@@ -83,15 +95,16 @@ async def verify_session(
 ) -> tuple[User | None, str]:
     """`check_session` for a given client IP and user agent, as at a websocket's handshake: the user (or
     None) and where the answer came from (the checker's source, or "ended")."""
+    checking = runtime.checker.check(
+        session.access_token,
+        client_ip,
+        agent,
+        lifetime=session.expires_at - runtime.clock(),
+        ttl=ttl,
+        device_id=device_id,
+    )
     try:
-        outcome = await runtime.checker.check(
-            session.access_token,
-            client_ip,
-            agent,
-            lifetime=session.expires_at - runtime.clock(),
-            ttl=ttl,
-            device_id=device_id,
-        )
+        outcome = await (checking if runtime.tracing is None else _traced_check(runtime.tracing, checking))
     except SessionKnownDead:
         return None, "ended"  # its end was audited, and its record deleted, when it was first seen
     except SessionRejected as exc:
@@ -102,11 +115,34 @@ async def verify_session(
         await runtime.store.delete(cookie_value())
         return None, "ended"
     runtime.metrics.count_session_check(outcome.source)
+    if outcome.source in _FRESH:
+        redis = redis_store(runtime.store)
+        if redis is not None:  # the "last check" of `authproxy sessions list`
+            await redis.touch(cookie_value())
     rule = denial(outcome.user, rules or runtime.rules)
     if rule is not None:
         audit.event("access.denied", rid, rule=rule, user=outcome.user.id)
         raise AccessDenied(rule)
     return outcome.user, outcome.source
+
+
+async def _traced_check(tracing: Tracing, checking: Awaitable[Outcome]) -> Outcome:
+    """The session check in its span, current while the checker runs: a CentralAuth call it makes
+    (in a task of its own, which inherits the context) is the span's child."""
+    with tracing.session_check() as step:
+        try:
+            outcome = await checking
+        except SessionKnownDead:
+            step.set(OUTCOME, "dead")
+            raise
+        except SessionRejected:
+            step.set(OUTCOME, "rejected")
+            raise
+        except CentralAuthUnavailable:
+            step.set(OUTCOME, "unavailable")
+            raise
+        step.set(OUTCOME, outcome.source)
+        return outcome
 
 
 async def signed_in(request: web.Request, runtime: Runtime) -> tuple[Session, User] | None:

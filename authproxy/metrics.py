@@ -97,7 +97,8 @@ class Metrics:
         )
         self.session_checks = Counter(
             "authproxy_session_checks",
-            "Session checks by source: hit, miss, coalesced (waited on another call) or stale",
+            "Session checks by source: hit, miss, shared (another worker or replica asked), "
+            "coalesced (waited on another call) or stale",
             ["source"],
             registry=r,
         )

@@ -30,10 +30,12 @@ from authproxy.h1 import Pool
 from authproxy.line_buffer import Lines
 from authproxy.metrics import Metrics
 from authproxy.pages import Branding
+from authproxy.provider.broker import BrokerClient
 from authproxy.provider.checker import Fetch, SessionChecker
 from authproxy.provider.client import CentralAuthClient
 from authproxy.request_ids import RequestIds
 from authproxy.session.store import SessionStore
+from authproxy.tracing import Tracing
 from authproxy.watch import Connections
 from authproxy.websocket import Clients
 
@@ -107,6 +109,11 @@ class Runtime:
     # upstream websockets are opened with, apart from CentralAuth's; both are kept across reloads.
     connections: Connections = field(default_factory=Connections)
     websocket_clients: Clients | None = None
+    # Spans and their exporter (`[tracing]`), started with the app; None when tracing is off, which is
+    # all a request then spends on it. Kept across reloads (its settings need a restart).
+    tracing: Tracing | None = None
+    # A supervised worker's line to the check broker (`authproxy.provider.broker`); kept across reloads.
+    broker: BrokerClient | None = None
 
     def upstream_for(self, route: Route, path: str) -> Upstream | None:
         """Where a request on `route` goes: the route's own upstream, or the longest-prefix choice."""

@@ -7,7 +7,9 @@ busy port is one line on stderr and exit status 2, for the proxy port and the me
 
 The supervisor restarts a worker that dies, with growing pauses; when one worker slot fails
 FAST_FAILURES times within FAILURE_WINDOW seconds it gives up, logs why on one line, stops the other
-workers and exits 1. It forwards SIGTERM (graceful stop) and SIGHUP (reload) to all workers. Its signal
+workers and exits 1. It also runs the check broker the workers share session-check answers through
+(`authproxy.provider.broker`), in a thread, on a Unix socket in a private directory removed at exit.
+It forwards SIGTERM (graceful stop) and SIGHUP (reload) to all workers. Its signal
 handlers only set flags, acted on by its main loop, so a signal at any moment (during start-up, during a
 restart's pause, after workers died) stops it cleanly.
 
@@ -34,6 +36,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -42,6 +45,7 @@ from aiohttp import web
 from authproxy import app as composition
 from authproxy import metrics
 from authproxy.config import Config, ConfigError, load, split_host_port
+from authproxy.provider.broker import BROKER_ENV, BrokerServer, BrokerThread
 
 log = structlog.get_logger("authproxy.server")
 
@@ -259,6 +263,8 @@ class Supervisor:
         self._due: dict[int, float] = {}  # slots waiting to be (re)started, and when
         self._deaths: dict[int, list[float]] = {}
         self._metrics_dir: str | None = None
+        self._broker: BrokerThread | None = None
+        self._broker_dir: str | None = None
         self._stop_requested = False
         self._reload_requested = False
 
@@ -268,6 +274,7 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._on_reload)
         try:
             self._serve_metrics()
+            self._start_broker()
             self._due = dict.fromkeys(range(self._count), 0.0)
             self._start_due()
             log.info("supervisor.ready", workers=self._count, listen=self._config.server.listen)
@@ -349,6 +356,18 @@ class Supervisor:
         except OSError as exc:
             raise ListenError(listen, exc) from exc
 
+    def _start_broker(self) -> None:
+        """The check broker the workers share session-check answers through (`provider.broker`), on a
+        Unix socket in a directory of this process's own; the workers find it in their environment."""
+        self._broker_dir = tempfile.mkdtemp(prefix="authproxy-broker-")  # mode 0700
+        path = str(Path(self._broker_dir) / "checks.sock")
+        centralauth = self._config.centralauth
+        # The holder of a key gets as long as a CentralAuth call may take, and a little more.
+        server = BrokerServer(max_entries=centralauth.cache_max_entries, lease=centralauth.timeout + 1.0)
+        self._broker = BrokerThread(path, server)
+        self._broker.start()
+        os.environ[BROKER_ENV] = path  # inherited by every worker started
+
     def _shutdown(self) -> None:
         """Stop every worker (gracefully, then by force after the grace) and release what was held."""
         # The supervisor's copy of the listening socket would keep connections queued that no worker
@@ -366,6 +385,10 @@ class Supervisor:
                 worker.process.join()
             worker.report.close()
         self._workers.clear()
+        if self._broker is not None:
+            self._broker.stop()
+        if self._broker_dir is not None:
+            shutil.rmtree(self._broker_dir, ignore_errors=True)
         if self._metrics_dir is not None:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
 

@@ -1,6 +1,8 @@
 """The measurements that are not throughput or latency: session-check economy, memory, streaming.
 
-- `burst`: fresh sessions each fire N concurrent requests; the fake CentralAuth counts userinfo calls.
+- `burst`: fresh sessions each fire N concurrent requests, each on a connection of its own so that the
+  kernel spreads them over every worker; the fake CentralAuth counts userinfo calls, which should be
+  exactly one per burst however many workers took part (they meet at the check broker).
 - `steady_state`: many (session, IP, UA) keys under continuous load for several TTLs; the fake's
   request log gives the calls per key, against the bound floor(duration / TTL) + 1.
 - `sessions_memory`: N distinct sessions driven through one worker until its cache holds them all

@@ -68,12 +68,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_target("p50 added latency, 1 connection", "≤ 0.30 ms", f"{added:.3f} ms", added <= 0.3))
     checks = results["checks"]
     for burst in checks.get("burst", []):
-        worst = max(burst["calls"])
+        # With several workers too: their misses meet at the check broker, which sends one to CentralAuth.
+        ones = sum(1 for calls in burst["calls"] if calls == 1)
         name = f"burst of {burst['burst']} concurrent requests, {burst['workers']} worker(s)"
-        goal = "1 userinfo call" + (" (per worker: caches are per process)" if burst["workers"] > 1 else "")
-        rows.append(
-            _target(name, goal, f"{worst} call(s), worst of {burst['sessions']}", worst <= burst["workers"])
-        )
+        seen = f"{ones} of {burst['sessions']} bursts cost exactly 1 call (worst {max(burst['calls'])})"
+        rows.append(_target(name, "exactly 1 userinfo call, every burst", seen, ones == burst["sessions"]))
     for steady in checks.get("steady_state", []):
         name = f"steady state, {steady['workers']} worker(s), TTL {steady['ttl_s']:g} s"
         allowed = steady["bound_per_key"] * steady["workers"]

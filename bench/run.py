@@ -55,6 +55,12 @@ def throughput_cases(plan: Plan, s: stack.Stack) -> list[Case]:
         base = s["authproxy-baseline-1w"]
         label = "authproxy before (baseline source), 1w, cache hit"
         cases.append(Case("1k/authproxy-baseline-1w", label, f"{base.url}/1k", base, (upstream,)))
+    if "authproxy-tracing-1w" in s:
+        traced = s["authproxy-tracing-1w"]
+        label = "authproxy, 1w, cache hit, tracing on (every span exported)"
+        cases.append(
+            Case("1k/authproxy-tracing-1w", label, f"{traced.url}/1k", traced, (upstream, s["sink"]))
+        )
     cold = s["authproxy-cold-1w"]
     label = "authproxy, 1w, cold (userinfo every request)"
     cases.append(Case("1k/authproxy-cold-1w", label, f"{cold.url}/1k", cold, (upstream, s["devidp"])))
@@ -175,7 +181,7 @@ def run_checks(plan: Plan, s: stack.Stack, cookie: str, work: Path) -> dict[str,
     return results
 
 
-def run(plan: Plan, work: Path, baseline: Path | None = None) -> dict[str, Any]:
+def run(plan: Plan, work: Path, baseline: Path | None = None, tracing: bool = False) -> dict[str, Any]:
     started = time.monotonic()
     contention = machine.Contention()
     results: dict[str, Any] = {
@@ -185,7 +191,7 @@ def run(plan: Plan, work: Path, baseline: Path | None = None) -> dict[str, Any]:
         "load_average": {"start": machine.load_average()},
         "settings": plan.settings() | {"wrk": "2 threads; 64 connections (1 KiB), 16 (1 MiB)"},
     }
-    s = stack.build(plan, work, baseline)
+    s = stack.build(plan, work, baseline, tracing)
     s.start()
     try:
         cookies = sessions.logins(s.identity.public_url, plan.sessions)
@@ -212,12 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", type=Path, help="a source tree (e.g. `git archive` of an older commit) to compare with"
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also authproxy-1w with [tracing] on, exporting to a local sink (the cost of tracing)",
+    )
     args = parser.parse_args(argv)
     plan = PLANS[args.mode]
     work = Path(tempfile.mkdtemp(prefix="authproxy-bench-"))
     work.chmod(0o755)  # nginx's workers (an unprivileged user under root) read the data files
     try:
-        results = run(plan, work, args.baseline)
+        results = run(plan, work, args.baseline, args.tracing)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

@@ -13,6 +13,7 @@
 | authproxy-ttl-Nw | authproxy with a short TTL, trusting X-Forwarded-For from loopback (steady state) |
 | authproxy-mem-1w | authproxy against stubidp, for the memory measurement |
 | authproxy-baseline-1w | with `--baseline DIR`: authproxy from another source tree (an older commit) |
+| authproxy-tracing-1w | with `--tracing`: authproxy-1w with `[tracing]` on, exporting to the sink |
 
 All authproxy instances share one `public_url` (the first one's), cookie secret and client, so one
 real login is good on every instance.
@@ -48,7 +49,7 @@ class Stack:
         servers.stop_all(list(self.all.values()))
 
 
-def build(plan: Plan, work: Path, baseline: Path | None = None) -> Stack:
+def build(plan: Plan, work: Path, baseline: Path | None = None, tracing: bool = False) -> Stack:
     data = prepare_data(work / "data")
     first_port = servers.free_port()
     stack = Stack(sessions.Identity(public_url=f"http://127.0.0.1:{first_port}"))
@@ -81,6 +82,7 @@ def build(plan: Plan, work: Path, baseline: Path | None = None) -> Stack:
         metrics_port: int = 0,
         trusted: tuple[str, ...] = (),
         source: Path | None = None,
+        extra: str = "",
     ) -> None:
         port = port or servers.free_port()
         text = sessions.config_text(
@@ -94,12 +96,15 @@ def build(plan: Plan, work: Path, baseline: Path | None = None) -> Stack:
             metrics_port=metrics_port,
             trusted_proxies=trusted,
         )
-        add(servers.authproxy(name, work, text, port, workers, source))
+        add(servers.authproxy(name, work, text + extra, port, workers, source))
 
     for workers in worker_counts:
         proxy(f"authproxy-{workers}w", workers, 30, port=first_port if workers == 1 else 0)
         proxy(f"authproxy-ttl-{workers}w", workers, plan.steady_ttl, trusted=("127.0.0.1/32",))
     proxy("authproxy-cold-1w", 1, 0)
+    if tracing:
+        # sample_ratio 1: the most tracing can cost, every request's four spans built and exported.
+        proxy("authproxy-tracing-1w", 1, 30, extra=f'\n[tracing]\notlp_endpoint = "{sink.url}"\n')
     if baseline is not None:
         proxy("authproxy-baseline-1w", 1, 30, source=baseline)
     metrics_port = servers.free_port()

@@ -52,9 +52,17 @@ async def kib(request: web.Request) -> web.Response:
     return web.Response(body=KIB_BODY, content_type="application/octet-stream")
 
 
+async def traces(request: web.Request) -> web.Response:
+    """An OTLP/HTTP collector that keeps nothing: the traced authproxy's spans end here."""
+    await request.read()
+    # An empty body is an empty ExportTraceServiceResponse: every span accepted.
+    return web.Response(body=b"", content_type="application/x-protobuf")
+
+
 async def serve(host: str, port: int) -> None:
     app = web.Application(client_max_size=0)
     app.router.add_get("/1k", kib)
+    app.router.add_post("/v1/traces", traces)
     app.router.add_route("*", "/{tail:.*}", sink)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -15,7 +15,7 @@ from aiohttp import ClientSession
 from conftest import DevIdp, ProxyFactory
 from support.harness import BROWSER_UA, Browser, Proxy
 from support.logins import SignedIn, signed_in
-from support.redis_server import RedisServer
+from support.redis_server import RedisServer, forget_shared_answers
 
 from authproxy.errors import SessionRejected
 from authproxy.provider.checker import SessionKnownDead
@@ -101,7 +101,7 @@ async def test_sign_out_on_one_replica_kills_the_session_on_the_other(
 
 
 async def test_revocation_seen_by_one_replica_drops_the_cache_of_the_other(
-    replicas: tuple[Proxy, Proxy], ada: SignedIn, devidp: DevIdp
+    replicas: tuple[Proxy, Proxy], ada: SignedIn, devidp: DevIdp, redis_server: RedisServer
 ) -> None:
     first, second = replicas
     name, value = ada.name, ada.value
@@ -111,7 +111,9 @@ async def test_revocation_seen_by_one_replica_drops_the_cache_of_the_other(
     await devidp.end_sessions("ada@example.com")
     session = await first.app[LIVE].runtime.store.load(value)
     assert session is not None
+    # As when the answers' TTL has run out, on the first replica and in the cache the replicas share:
     first.app[LIVE].runtime.checker.evict(session.access_token)
+    await forget_shared_answers(redis_server.url)
     assert await status_with(first, name, value) == 401  # the first replica learns it from CentralAuth
     for _ in range(50):
         if len(second_checker) == 0:
@@ -189,7 +191,8 @@ async def test_a_token_rejected_on_one_replica_is_refused_by_the_others_without_
     digest = hashlib.sha256(token.encode()).digest()
     assert await status_with(second, name, value) == 200  # cached on the second replica
     await devidp.end_sessions("ada@example.com")
-    first.app[LIVE].runtime.checker.evict(token)
+    first.app[LIVE].runtime.checker.evict(token)  # as when the answers' TTL has run out
+    await forget_shared_answers(redis_server.url)
     before = await userinfo_calls(devidp)
     assert await status_with(first, name, value) == 401  # the first replica learns it from CentralAuth
     assert await userinfo_calls(devidp) - before == 1
@@ -242,6 +245,7 @@ async def test_with_redis_stopped_the_local_memory_still_answers(
         live[email] = (await signed_in(first, email=email)).token
     await devidp.end_sessions("ada@example.com")
     checker.evict(dead_token)
+    await forget_shared_answers(redis_server.url)
     assert await status_with(first, name, value) == 401
     before = await userinfo_calls(devidp)
 

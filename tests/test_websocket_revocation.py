@@ -23,7 +23,7 @@ from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ProxyFactory
 from support.harness import BROWSER_UA, Browser, Proxy, start_proxy
 from support.kernel import KernelState
 from support.logins import signed_in
-from support.redis_server import RedisServer
+from support.redis_server import RedisServer, forget_shared_answers
 
 from authproxy.app import reload
 from authproxy.runtime import LIVE
@@ -283,6 +283,7 @@ async def test_a_revocation_seen_by_one_replica_closes_sockets_on_another_at_onc
     # The first replica asks CentralAuth afresh (its cached answer dropped), learns the session is over,
     # records the token dead and tells every replica.
     first.app[LIVE].runtime.checker.evict(session.token)
+    await forget_shared_answers(redis_server.url)
     started = time.monotonic()
     async with aiohttp.ClientSession(cookie_jar=browser.jar, headers={"User-Agent": BROWSER_UA}) as http:
         async with http.get(f"{first.url}/api/status", headers={"Accept": "application/json"}) as response:

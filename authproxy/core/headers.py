@@ -260,8 +260,13 @@ def strip_cookies(cookie_header: str, own: str, own_prefix: str) -> str | None:
     return "; ".join(kept) if stripped else None
 
 
+# W3C trace context. A client's copy passes only from a trusted proxy while the proxy does not trace
+# itself; a tracing proxy sends its own (authproxy.tracing). Anyone else's would put the upstream's spans
+# into a trace of the client's choosing.
+TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
+
 # What becomes of a request header, by its name alone (Connection-listed names aside).
-_DROP, _COOKIE, _KEEP = 0, 1, 2
+_DROP, _COOKIE, _KEEP, _TRACE = 0, 1, 2, 3
 
 
 class UpstreamHeaders:
@@ -295,13 +300,17 @@ class UpstreamHeaders:
                 or is_identity_header(name, self._extra)
             ):
                 fate = _DROP
+            elif lowered in TRACE_CONTEXT:
+                fate = _TRACE
             else:
                 fate = _COOKIE if lowered == "cookie" else _KEEP
             found = (fate, lowered, name.lower() == "connection")
             _remember(self._names, name, found, self._size)
         return found
 
-    def __call__(self, incoming: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    def __call__(self, incoming: Iterable[tuple[str, str]], trace_context: bool = False) -> CIMultiDict[str]:
+        """The headers to forward; `trace_context`: the client's `traceparent` and `tracestate` pass
+        (its peer is a trusted proxy and the proxy sets none of its own)."""
         pairs = [(name, value, self._classify(name)) for name, value in incoming]
         listed: set[str] = set()
         for _, value, (_, _, is_connection) in pairs:
@@ -310,7 +319,7 @@ class UpstreamHeaders:
         out: CIMultiDict[str] = CIMultiDict()
         cookies: list[str] = []
         for name, value, (fate, lowered, _) in pairs:
-            if fate == _DROP or lowered in listed:
+            if fate == _DROP or lowered in listed or (fate == _TRACE and not trace_context):
                 continue
             if fate == _COOKIE:
                 cookies.append(value)

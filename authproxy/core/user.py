@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
@@ -35,3 +35,21 @@ class User:
             organization_id=organization if isinstance(organization, str) else None,
             affirmation_date=affirmed if isinstance(affirmed, str) else None,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The user as plain JSON data, for a cache shared with other processes (`from_dict` reads it)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> User | None:
+        """A User from `to_dict`'s output, or None for anything else (a shared cache is read warily)."""
+        if not isinstance(data, dict) or set(data) != _FIELDS:
+            return None
+        strings = all(isinstance(data[name], str) for name in ("id", "email"))
+        flags = all(isinstance(data[name], bool) for name in ("verified", "blocked"))
+        optional = all(data[name] is None or isinstance(data[name], str) for name in _OPTIONAL)
+        return cls(**data) if strings and flags and optional else None
+
+
+_FIELDS = {field.name for field in fields(User)}
+_OPTIONAL = ("organization_id", "affirmation_date")

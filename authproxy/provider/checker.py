@@ -68,10 +68,31 @@ _AGENT_MEMO_ENTRIES, _AGENT_MEMO_LENGTH = 1024, 512
 
 
 class SessionKnownDead(SessionRejected):
-    """The token was already known dead: no call was made, and nothing new needs recording or auditing."""
+    """The token was already known dead: no call was made, and nothing new needs recording or auditing.
 
-    def __init__(self) -> None:
+    `lifetime`, when another process says how long it stays dead, is how long to remember it here.
+    """
+
+    def __init__(self, lifetime: float | None = None) -> None:
         super().__init__("known_dead")
+        self.lifetime = lifetime
+
+
+class SharedChecks(Protocol):
+    """A second level of answers, shared with other processes (the workers of one instance, or every
+    replica): one call per key in the whole group, however many processes miss it at once.
+
+    `answer` returns the user behind the key's token and the answer's age in seconds: from the shared
+    level if an answer younger than `fresh_for` is there, or else from `call()`, made by one process
+    of the group while the others wait for its answer. It raises what `call` raises for the process
+    that made the call; a waiter gets `SessionKnownDead` when the call ended the token, `SessionRejected`
+    for any other refusal, and makes the call itself when the other's ends in an outage. Its own
+    failures (the shared level away, slow, or confused) never raise: it makes the call itself.
+    """
+
+    async def answer(
+        self, key: Key, token: str, fresh_for: float, call: Callable[[], Awaitable[tuple[User, float]]]
+    ) -> tuple[User, float]: ...
 
 
 class SharedDeadTokens(Protocol):
@@ -84,10 +105,49 @@ class SharedDeadTokens(Protocol):
         """Remember the token dead for `lifetime` seconds, and tell the other replicas now."""
 
 
+class ChainedChecks:
+    """Two shared levels, nearest first: the outer one's call asks the inner one (the instance's
+    workers first, then every replica), so each level makes one call for all who miss it at once."""
+
+    def __init__(self, outer: SharedChecks, inner: SharedChecks) -> None:
+        self._outer, self._inner = outer, inner
+
+    async def answer(
+        self, key: Key, token: str, fresh_for: float, call: Callable[[], Awaitable[tuple[User, float]]]
+    ) -> tuple[User, float]:
+        return await self._outer.answer(
+            key, token, fresh_for, lambda: self._inner.answer(key, token, fresh_for, call)
+        )
+
+
+class DeadTokensFanout:
+    """Several shared memories of dead tokens as one: a death is told to each; a lookup asks each in
+    turn until one knows (the broker knows nothing it would not say on a miss anyway: it asks nothing)."""
+
+    def __init__(self, *memories: SharedDeadTokens) -> None:
+        self._memories = memories
+
+    async def dead_for(self, digest: bytes) -> float | None:
+        for memory in self._memories:
+            remaining = await memory.dead_for(digest)
+            if remaining is not None:
+                return remaining
+        return None
+
+    async def record_dead(self, digest: bytes, lifetime: float) -> None:
+        for memory in self._memories:
+            await memory.record_dead(digest, lifetime)
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     user: User
-    source: str  # "hit", "miss", "coalesced" or "stale"
+    # "hit", "miss", "shared" (another worker or replica asked CentralAuth: `SharedChecks`),
+    # "coalesced" (waited on this process's own call for the key) or "stale"
+    source: str
+
+
+_Answer = tuple[User, bool]  # a call's user, and whether another process made the call
 
 
 @dataclass(slots=True)
@@ -190,10 +250,13 @@ class SessionChecker:
         clock: Callable[[], float] = time.monotonic,
         dead: DeadTokens | None = None,
         longest_ttl: float = 0.0,
+        tiers: SharedChecks | None = None,
     ) -> None:
         """`dead` carries a former checker's memory of dead tokens over (a reload must not forget a
-        sign-out); it must run on the same clock."""
+        sign-out); it must run on the same clock. `tiers` is the shared level asked on a miss before
+        CentralAuth (never for a TTL of 0, which asks CentralAuth itself every time)."""
         self._fetch = fetch
+        self._tiers = tiers
         self._ttl = ttl
         self._horizon = max(ttl, longest_ttl)  # how long an entry may still answer some caller
         self._stale_grace = stale_grace
@@ -205,9 +268,9 @@ class SessionChecker:
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._by_token = _TokenIndex()
         self.dead = dead if dead is not None else DeadTokens(max_entries, clock)
-        self._inflight: dict[Key, asyncio.Future[User]] = {}
+        self._inflight: dict[Key, asyncio.Future[_Answer]] = {}
         # The latest call started for each token, whatever its key: a miss under another key waits for it.
-        self._inflight_token: dict[bytes, asyncio.Future[User]] = {}
+        self._inflight_token: dict[bytes, asyncio.Future[_Answer]] = {}
         # A browser presents the same token on every request: hash it once, not per request.
         self._digests: OrderedDict[str, bytes] = OrderedDict()
         self._digests_max = min(max_entries, _DIGESTS_MAX)
@@ -281,7 +344,8 @@ class SessionChecker:
                 deadline = loop.time() + self._wait
             remaining = deadline - loop.time()
             if other is None or other.done() or remaining <= 0:
-                task, source = self._start(key, token, client_ip, user_agent, lifetime, device_id), "miss"
+                task = self._start(key, token, client_ip, user_agent, lifetime, device_id, fresh_for)
+                source = "miss"
                 break
             # asyncio.wait never cancels `other`: this request going away leaves the call to the others.
             await asyncio.wait((other,), timeout=remaining)
@@ -291,10 +355,10 @@ class SessionChecker:
             # own answer, and another key's call may have started meanwhile.
         try:
             # shield: one waiter going away (client disconnect) must not cancel the call for the others.
-            user = await asyncio.shield(task)
+            user, shared = await asyncio.shield(task)
             if self.dead.holds(digest):  # signed out, or refused under another key, while the call ran
                 raise SessionKnownDead()
-            return Outcome(user, source)
+            return Outcome(user, "shared" if shared and source == "miss" else source)
         except SessionKnownDead:
             raise
         except SessionRejected:
@@ -356,15 +420,18 @@ class SessionChecker:
         client_ip: str,
         user_agent: str,
         lifetime: float | None,
-        device_id: str = "",
-    ) -> asyncio.Future[User]:
-        task = asyncio.ensure_future(self._refresh(key, token, client_ip, user_agent, lifetime, device_id))
+        device_id: str,
+        fresh_for: float,
+    ) -> asyncio.Future[_Answer]:
+        task = asyncio.ensure_future(
+            self._refresh(key, token, client_ip, user_agent, lifetime, device_id, fresh_for)
+        )
         self._inflight[key] = task
         self._inflight_token[key[0]] = task
         task.add_done_callback(lambda done: self._finished(key, done))
         return task
 
-    def _finished(self, key: Key, task: asyncio.Future[User]) -> None:
+    def _finished(self, key: Key, task: asyncio.Future[_Answer]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
         if self._inflight_token.get(key[0]) is task:
@@ -379,16 +446,32 @@ class SessionChecker:
         client_ip: str,
         user_agent: str,
         lifetime: float | None,
-        device_id: str = "",
-    ) -> User:
+        device_id: str,
+        fresh_for: float,
+    ) -> _Answer:
+        """The user, and whether the answer came from another process (no call was made here)."""
         digest = key[0]
         if self._shared is not None:
             remaining = await self._shared.dead_for(digest)
             if remaining is not None:
                 self._mark_dead(digest, self._bounded(remaining))
                 raise SessionKnownDead()
+
+        called = False
+
+        async def call() -> tuple[User, float]:
+            nonlocal called
+            called = True
+            return await self._fetch(token, client_ip, user_agent, device_id), 0.0
+
         try:
-            user = await self._fetch(token, client_ip, user_agent, device_id)
+            if self._tiers is not None and fresh_for > 0:
+                user, age = await self._tiers.answer(key, token, fresh_for, call)
+            else:
+                user, age = await call()
+        except SessionKnownDead as exc:  # another process's call ended the token while this one waited
+            self._mark_dead(digest, self._bounded(exc.lifetime if exc.lifetime is not None else lifetime))
+            raise
         except SessionRejected as exc:
             if exc.error_code not in SESSION_ENDED:
                 # A refusal that is not about this session (our client credentials, the domain, an
@@ -403,8 +486,9 @@ class SessionChecker:
                 await self._shared.record_dead(digest, bounded)
             raise
         if not self.dead.holds(digest):  # signed out while the call was in flight: nothing to cache
-            self._store(key, user)
-        return user
+            # An answer another process got `age` seconds ago is as old here: the TTL runs from the call.
+            self._store(key, user, age)
+        return user, not called
 
     def _mark_dead(self, digest: bytes, lifetime: float) -> None:
         self.dead.add(digest, lifetime)
@@ -415,7 +499,7 @@ class SessionChecker:
             return self._dead_lifetime
         return max(1.0, min(lifetime, self._dead_lifetime))
 
-    def _store(self, key: Key, user: User) -> None:
+    def _store(self, key: Key, user: User, age: float = 0.0) -> None:
         now = self._clock()
         # Each answer is a fresh User; entries of one token (several IPs or agents) share an equal one.
         sibling = self._by_token.any(key[0])
@@ -423,7 +507,7 @@ class SessionChecker:
             known = self._entries.get(sibling)
             if known is not None and known.user == user:
                 user = known.user
-        self._entries[key] = _Entry(user, now)
+        self._entries[key] = _Entry(user, now - age)
         self._entries.move_to_end(key)
         self._by_token.add(key)
         # Past its TTL and stale window an entry can never answer again; dropping those from the LRU end
@@ -445,7 +529,7 @@ class SessionChecker:
         return None
 
 
-def _answered(call: asyncio.Future[User]) -> bool:
+def _answered(call: asyncio.Future[_Answer]) -> bool:
     """Whether a call ended in CentralAuth's answer (a user or a rejection), not an outage or a timeout."""
     if not call.done() or call.cancelled():
         return False

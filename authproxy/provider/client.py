@@ -19,6 +19,7 @@ import aiohttp
 
 from authproxy.core.user import User
 from authproxy.errors import CentralAuthUnavailable, LoginRejected, SessionRejected
+from authproxy.tracing import ACTIVE
 
 MAX_BODY = 1 << 20  # a real answer is a few hundred bytes; anything huge is a broken upstream
 
@@ -97,6 +98,18 @@ class CentralAuthClient:
         params: dict[str, str] | None = None,
     ) -> Answer:
         headers = {"Authorization": self._auth, "Accept": "application/json", **headers}
+        tracing = ACTIVE.get()  # set only while a traced request (or its session check) runs
+        if tracing is None:
+            return await self._send(path, data, headers, params)
+        # No trace context goes to CentralAuth: the span is the proxy's record of the call, nothing more.
+        with tracing.centralauth_call(path.rsplit("/", 1)[-1], self._base + path) as step:
+            answer = await self._send(path, data, headers, params)
+            step.set("http.response.status_code", answer.status)
+            return answer
+
+    async def _send(
+        self, path: str, data: Any, headers: dict[str, str], params: dict[str, str] | None
+    ) -> Answer:
         try:
             async with self._http.post(
                 self._base + path,

@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 
 from authproxy import pages
-from authproxy.context import RUNTIME, api_client, begin, request_id
+from authproxy.context import RUNTIME, api_client, begin, end_user_ip, peer_trusted, request_id
 from authproxy.cookies import ConflictingCookies
 from authproxy.errors import (
     AccessDenied,
@@ -34,16 +34,28 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Start every request on the live runtime (`context.begin`), and render AuthproxyErrors."""
     runtime = request.app[LIVE].runtime
     rid = begin(request, runtime)
+    # Without tracing, this test is all a request spends on it.
+    traced = (
+        None
+        if runtime.tracing is None
+        else runtime.tracing.begin_request(request, rid, end_user_ip(request), peer_trusted(request))
+    )
     metrics = runtime.metrics
     metrics.request_started()
     try:
         response = await handler(request)
     except AuthproxyError as exc:
         response = render_error(request, exc)
+    except BaseException as exc:
+        if traced is not None:
+            traced.failed(exc)
+        raise
     finally:
         metrics.request_finished()
     if not response.prepared:
         response.headers.setdefault("X-Request-Id", rid)
+    if traced is not None:
+        traced.answered(response.status)
     return response
 
 

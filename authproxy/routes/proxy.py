@@ -142,6 +142,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # not the app's to see.
         headers.popall("Authorization", None)
     if upgrade:
+        if runtime.tracing is not None:
+            runtime.tracing.inject(headers)  # the handshake carries the request span's context
         return await _websocket(request, runtime, upstream, wire_target, headers, session)
 
     def on_prepare(response: web.StreamResponse) -> None:
@@ -152,15 +154,21 @@ async def handle(request: web.Request) -> web.StreamResponse:
             # Should the answer be an event stream, it is watched like a websocket while it streams.
             _watch_event_stream(request, runtime, session, response)
 
+    exchange = forward(
+        runtime.pool,
+        request,
+        upstream,
+        headers,
+        wire_target,
+        runtime.metrics.observe_upstream,
+        on_prepare if ended or session is not None else None,
+    )
     try:
-        return await forward(
-            runtime.pool,
-            request,
-            upstream,
-            headers,
-            wire_target,
-            runtime.metrics.observe_upstream,
-            on_prepare if ended or session is not None else None,
+        if runtime.tracing is None:
+            return await exchange
+        # The forwarder reads `headers` once awaited: the exchange's span puts its context in first.
+        return await runtime.tracing.upstream_exchange(
+            exchange, request.method, upstream.url + wire_target, headers
         )
     finally:
         stream = request.get(_STREAM)
@@ -200,12 +208,14 @@ def _upstream_headers(
     request: web.Request, runtime: Runtime, upstream: Upstream, user: User | None, session: Session | None
 ) -> CIMultiDict[str]:
     """What the upstream receives, for a plain request and a websocket handshake alike."""
-    headers = runtime.upstream_headers(request.headers.items())
+    trusted = peer_trusted(request)
+    # A client's trace context passes only from a trusted proxy, and only while the proxy does not
+    # trace (when it does, the upstream gets the proxy's own context instead).
+    headers = runtime.upstream_headers(request.headers.items(), trusted and runtime.tracing is None)
     # The browser's Host exactly as sent (aiohttp's `request.host` would invent one when it is absent).
     browser_host = request.headers.get("Host")
     if upstream.preserve_host and browser_host:
         headers["Host"] = browser_host
-    trusted = peer_trusted(request)
     headers["X-Forwarded-For"] = end_user_ip(request)
     proto = combined(request.headers.getall("X-Forwarded-Proto", ()))
     host = combined(request.headers.getall("X-Forwarded-Host", ()))

@@ -4,6 +4,11 @@ The browser's cookie holds only a random session id and a per-session key, seale
 Redis holds the session encrypted with that per-session key under a hash of the id, so a Redis dump
 alone reveals neither tokens nor cookie values. The record expires with the session.
 
+Beside each record, an index entry for session administration (`authproxy sessions`, see
+`authproxy.session.admin`) says who the session belongs to, when it was made, when it was last checked
+with CentralAuth, and its token's SHA-256; the token itself is there only sealed with the cookie
+secret (so that `revoke --centralauth` can end the CentralAuth session), which Redis does not hold.
+
 Dead tokens (signed out, or refused by CentralAuth) are recorded under the SHA-256 of the token with a
 TTL of the session's remaining life, and published on a channel: every replica drops its cached answers
 for that token at once, and refuses the token without asking CentralAuth, even a replica that was not
@@ -30,7 +35,7 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
-from authproxy.config import split_host_port
+from authproxy.config import SessionConfig, split_host_port
 from authproxy.core.seal import Sealer
 from authproxy.errors import SessionStoreUnavailable, SessionTooLarge
 from authproxy.session.model import Session
@@ -41,8 +46,12 @@ log = structlog.get_logger("authproxy.session")
 T = TypeVar("T")
 RedisClient = aioredis.Redis
 KEY_PREFIX = "authproxy:session:"
+META_PREFIX = "authproxy:meta:"  # the administration index, one hash per session
+USER_PREFIX = "authproxy:user-sessions:"  # the ids of one user's sessions, by lower-cased e-mail
 DEAD_PREFIX = "authproxy:dead:"
 CHANNEL = "authproxy:revoked"
+# Sets last_check on an index entry only if the entry exists (Redis has no "HSET if exists").
+_TOUCH = "if redis.call('exists', KEYS[1]) == 1 then redis.call('hset', KEYS[1], 'last_check', ARGV[1]) end"
 _ID_BYTES = 32
 _KEY_BYTES = 32
 
@@ -58,7 +67,9 @@ class RedisStore:
         self.client = client
         self._sealer = sealer
         self._purpose = f"session-ref:{cookie_name}"
+        self.admin_purpose = admin_purpose(cookie_name)
         self._clock = clock
+        self._touch = client.register_script(_TOUCH)
 
     async def save(self, session: Session) -> str:
         session_id, key = os.urandom(_ID_BYTES), AESGCM.generate_key(bit_length=8 * _KEY_BYTES)
@@ -68,8 +79,46 @@ class RedisStore:
         value = self._sealer.seal(session_id + key, self._purpose)
         if len(value) > MAX_COOKIE_VALUE:
             raise SessionTooLarge("sealed session reference does not fit a cookie")
-        await self._call(self.client.set(self._key(session_id), record, ex=ttl))
+        name = hashlib.sha256(session_id).hexdigest()
+        meta, user_index = META_PREFIX + session_ref_id(name), USER_PREFIX + session.email.lower()
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(KEY_PREFIX + name, record, ex=ttl)
+            pipe.hset(
+                meta,
+                mapping={
+                    "record": name,
+                    "user": session.email,
+                    "user_id": session.user_id,
+                    "created": repr(session.created_at),
+                    "expires": repr(session.expires_at),
+                    "token": hashlib.sha256(
+                        session.access_token.encode("utf-8", "surrogateescape")
+                    ).hexdigest(),
+                    "sealed_token": self._sealer.seal(session.access_token.encode(), self.admin_purpose),
+                },
+            )
+            pipe.expire(meta, ttl)
+            pipe.sadd(user_index, session_ref_id(name))
+            # The index lives as long as the user's longest session: set when new, lengthened after.
+            pipe.expire(user_index, ttl, nx=True)
+            pipe.expire(user_index, ttl, gt=True)
+            await self._call(pipe.execute())
         return value
+
+    async def touch(self, value: str) -> None:
+        """Note in the administration index that the session was just checked with CentralAuth.
+
+        Never raises: the index is for operators, and a request must not fail for its sake.
+        """
+        reference = self._reference(value)
+        if reference is None:
+            return
+        meta = META_PREFIX + session_ref_id(hashlib.sha256(reference[0]).hexdigest())
+        try:
+            # Only an entry that still exists: a revoked session must not come back as a stub.
+            await self._touch(keys=[meta], args=[repr(self._clock())])
+        except (RedisError, OSError) as exc:
+            log.warning("redis.session_index_not_updated", error=type(exc).__name__)
 
     async def load(self, value: str) -> Session | None:
         reference = self._reference(value)
@@ -89,7 +138,8 @@ class RedisStore:
     async def delete(self, value: str) -> None:
         reference = self._reference(value)
         if reference is not None:
-            await self._call(self.client.delete(self._key(reference[0])))
+            name = hashlib.sha256(reference[0]).hexdigest()
+            await self._call(self.client.delete(KEY_PREFIX + name, META_PREFIX + session_ref_id(name)))
 
     async def record_dead(self, digest: bytes, lifetime: float) -> None:
         """Remember the token with this SHA-256 dead for `lifetime` seconds, and tell every replica now.
@@ -141,6 +191,17 @@ class RedisStore:
             raise SessionStoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
 
+def admin_purpose(cookie_name: str) -> str:
+    """What the index's sealed token is sealed for: only session administration unseals it."""
+    return f"session-admin:{cookie_name}"
+
+
+def session_ref_id(name: str) -> str:
+    """The id an operator sees for the session whose record is stored under `name`: the first 128 bits
+    of the record's name, itself the SHA-256 of the random session id, so it gives nothing away."""
+    return name[:32]
+
+
 async def listen_for_revocations(
     client: aioredis.Redis, on_revoked: Callable[[str], None], retry_delay: float = 1.0
 ) -> None:
@@ -159,6 +220,18 @@ async def listen_for_revocations(
         except (RedisError, OSError) as exc:
             log.warning("redis.subscription_lost", error=type(exc).__name__)
             await asyncio.sleep(retry_delay)
+
+
+def client_for(session: SessionConfig) -> aioredis.Redis:
+    """The client `[session]` describes (see `make_client`)."""
+    return make_client(
+        session.redis_url,
+        sentinels=session.redis_sentinels,
+        sentinel_master=session.redis_sentinel_master,
+        ca_file=session.redis_ca_file,
+        username=session.redis_username,
+        password=session.redis_password.get_secret_value(),
+    )
 
 
 def make_client(

@@ -54,3 +54,18 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+async def forget_shared_answers(url: str) -> None:
+    """Drop the session-check answers the replicas share in the Redis at `url`, as when their TTL has
+    run out (a test's stand-in for waiting that long; each replica's own cache is evicted apart)."""
+    import redis.asyncio as aioredis
+
+    from authproxy.session.redis_checks import ANSWER_PREFIX
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        for key in await client.keys(ANSWER_PREFIX + "*"):
+            await client.delete(key)
+    finally:
+        await client.aclose()
