@@ -1,8 +1,8 @@
-"""Real Redis processes for the high-availability tests: a master, its replica and a Redis Sentinel.
+"""Real Redis processes for the high-availability tests: a master, its replica and Redis Sentinels.
 
 `RedisNode` runs Debian's redis-server (or redis-sentinel) on a free loopback port with the arguments a
-test gives (a replica, an ACL user, TLS); `SentinelGroup` starts a master, one replica of it and one
-sentinel watching it as `MASTER` with a short `down-after-milliseconds`, so that killing the master
+test gives (a replica, an ACL user, TLS); `SentinelGroup` starts a master, one replica of it and three
+sentinels watching it as `MASTER` with a short `down-after-milliseconds`, so that killing the master
 gets the replica promoted within a few seconds. Nothing persists to disk and the system Redis on 6379
 is never touched. Every wait here is a bounded poll.
 """
@@ -128,51 +128,65 @@ class RedisNode:
 
 
 class SentinelGroup:
-    """A master, one replica and one sentinel (quorum 1), all on loopback; with `password`, the data
-    nodes require it (`requirepass`, and `masterauth` to replicate) and the sentinel knows it."""
+    """A master, one replica and three sentinels (quorum 2, so a failover needs a majority of them, as
+    in production), all on loopback; with `password`, the data nodes require it (`requirepass`, and
+    `masterauth` to replicate) and the sentinels know it."""
 
-    def __init__(self, directory: Path, password: str = "") -> None:
+    def __init__(self, directory: Path, password: str = "", sentinels: int = 3) -> None:
         auth = ("--requirepass", password, "--masterauth", password) if password else ()
         self.password = password
         self.master = RedisNode(directory / "master", *auth, password=password)
         self.replica = RedisNode(
             directory / "replica", *auth, "--replicaof", "127.0.0.1", str(self.master.port), password=password
         )
-        sentinel_port = free_port()
-        config = (
-            f"port {sentinel_port}\n"
-            "bind 127.0.0.1\n"
-            f"dir {directory / 'sentinel'}\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {self.master.port} 1\n"
-            f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
-            f"logfile {directory / 'sentinel' / 'redis.log'}\n"
-        )
-        if password:
-            config += f"sentinel auth-pass {MASTER} {password}\n"
-        self.sentinel = RedisNode(directory / "sentinel", port=sentinel_port, sentinel_config=config)
+        quorum = sentinels // 2 + 1
+        self.watchers: list[RedisNode] = []
+        for number in range(sentinels):
+            port = free_port()
+            home = directory / f"sentinel-{number}"
+            config = (
+                f"port {port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {home}\n"
+                f"sentinel monitor {MASTER} 127.0.0.1 {self.master.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
+                f"logfile {home / 'redis.log'}\n"
+            )
+            if password:
+                config += f"sentinel auth-pass {MASTER} {password}\n"
+            self.watchers.append(RedisNode(home, port=port, sentinel_config=config))
+        self.sentinel = self.watchers[0]
 
     @property
     def sentinels(self) -> list[str]:
-        return [self.sentinel.address]
+        return [watcher.address for watcher in self.watchers]
 
     def start(self) -> None:
         self.master.start()
         self.replica.start()
-        self.sentinel.start()
-        # Ready once the replica is in sync and the sentinel knows it (it learns replicas from the
-        # master's INFO): only then can it promote one.
-        self.wait_for(self._ready, "the replica to sync and the sentinel to know it")
+        for watcher in self.watchers:
+            watcher.start()
+        # Ready once the replica is in sync and every sentinel knows it and the other sentinels (they
+        # learn replicas from the master's INFO, and each other from its hello channel): only then can
+        # they agree to promote one.
+        self.wait_for(self._ready, "the replica to sync and the sentinels to know it and each other")
 
     def stop(self) -> None:
-        for node in (self.sentinel, self.replica, self.master):
+        for node in (*self.watchers, self.replica, self.master):
             node.stop()
 
     def _ready(self) -> bool:
-        with self.replica.client() as replica, self.sentinel.client() as sentinel:
-            info = replica.info("replication")
-            known = sentinel.execute_command("SENTINEL", "REPLICAS", MASTER)
-        return info.get("master_link_status") == "up" and bool(known)
+        with self.replica.client() as replica:
+            if replica.info("replication").get("master_link_status") != "up":
+                return False
+        for watcher in self.watchers:
+            with watcher.client() as sentinel:
+                replicas = sentinel.execute_command("SENTINEL", "REPLICAS", MASTER)
+                others = sentinel.execute_command("SENTINEL", "SENTINELS", MASTER)
+            if not replicas or len(others) < len(self.watchers) - 1:
+                return False
+        return True
 
     def master_port(self) -> int:
         """The master's port as the sentinel reports it now."""
