@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from aiohttp import ClientSession
 from conftest import ProxyFactory
@@ -184,7 +185,9 @@ def acl_redis(tmp_path: Path) -> Iterator[RedisNode]:
     node = RedisNode(
         tmp_path / "acl",
         "--requirepass", "default-user-password-unused-1234",
-        "--user", "authproxy", "on", f">{PASSWORD}", "~authproxy:*", "&authproxy:*", "+@all",
+        # The permissions the README's `redis_username` row gives, and no more.
+        "--user", "authproxy", "on", f">{PASSWORD}", "~authproxy:*", "&authproxy:*", "+@read", "+@write",
+        "+@keyspace", "+@pubsub", "+@scripting", "+@transaction", "+@connection",
     )  # fmt: skip
     node.start()
     yield node
@@ -209,6 +212,23 @@ async def test_acl_credentials_work_and_a_wrong_password_is_a_clean_503(
     assert await status_with(right, ada.header) == 200
     async with ClientSession() as http, http.get(f"{right.url}/ready") as response:
         assert response.status == 200
+    # Everything the proxy does in Redis works with just these permissions: the shared check answer
+    # (lock, answer, unlock script), the session index and its "last check" (script), and a sign-out's
+    # dead-token record and broadcast.
+    with redis.Redis(port=acl_redis.port, username="authproxy", password=PASSWORD) as admin:
+        assert admin.keys("authproxy:check:*") and not admin.keys("authproxy:check-lock:*")
+        (meta,) = admin.keys("authproxy:meta:*")
+        assert admin.hget(meta, "last_check")
+    async with ClientSession(headers={"User-Agent": BROWSER_UA}) as http:
+        async with http.post(
+            f"{right.url}/oauth2/sign_out",
+            headers={"Cookie": ada.header, "Origin": right.url},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 302
+    with redis.Redis(port=acl_redis.port, username="authproxy", password=PASSWORD) as admin:
+        assert admin.keys("authproxy:dead:*") and not admin.keys("authproxy:meta:*")
+    ada = await signed_in(right)
 
     wrong = await proxy_factory(
         session={
