@@ -5,6 +5,8 @@ objects have the fields operators rely on (probes, security context, disruption 
 the config file each one ships is validated by authproxy itself, with the mounted secret files and the
 environment the container would get; the chart is rendered by tests/support/manifests.py (and compared
 with real Helm when the helm-python-sdk package is installed) and must match the standalone manifest;
+every rendered object (and every manifest) is validated against the Kubernetes API's JSON schemas (the
+kubernetes-validate package's copy, offline) and the ServiceMonitor against the CRD's required fields;
 and the Dockerfile's install path — build a wheel from exactly what the build stage copies, install it
 into a fresh virtualenv — is run for real, down to the image's HEALTHCHECK command against `serve`.
 """
@@ -51,6 +53,9 @@ from authproxy.devidp.cli import build_parser as devidp_parser
 REPO = Path(__file__).resolve().parents[1]
 KUBERNETES = REPO / "deploy" / "kubernetes"
 CHART = REPO / "deploy" / "helm" / "authproxy"
+# Every optional object of the chart on at once, and the Redis Sentinel example.
+ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
+SENTINEL = CHART / "values-sentinel.yaml"
 COMPOSE_DIR = REPO / "deploy" / "compose"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 
@@ -77,6 +82,11 @@ def manifest(name: str) -> list[dict[str, Any]]:
 def chart(overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     rendered = render_chart(CHART, {**copy.deepcopy(CHART_SECRETS), **(overrides or {})})
     return [doc for path, text in rendered.items() if path.endswith(".yaml") for doc in load_documents(text)]
+
+
+def values_file(path: Path) -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return values
 
 
 def config_argument(spec: dict[str, Any]) -> str:
@@ -130,6 +140,11 @@ def proxy_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
 def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
     labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
     return labels
+
+
+def pod_annotations(deployment: dict[str, Any]) -> dict[str, str]:
+    annotations: dict[str, str] = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    return annotations
 
 
 def selects(selector: dict[str, str], deployment: dict[str, Any]) -> bool:
@@ -352,6 +367,8 @@ def test_chart_values_reach_the_objects() -> None:
     assert toml["session"]["store"] == "cookie"
     assert "redis_url" not in toml["session"], "a null value leaves authproxy's default"
     assert "metrics_listen" not in toml["server"]
+    assert [port["name"] for port in container(deployment, "authproxy")["ports"]] == ["http"]
+    assert not any(name.startswith("prometheus.io/") for name in pod_annotations(deployment))
     assert toml["server"]["workers"] == 2
     backend = find(docs, "Ingress")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "authproxy", "port": {"name": "http"}}
@@ -369,6 +386,37 @@ def test_chart_values_reach_the_objects() -> None:
             "secret.cookieSecrets is required",
         ),
         ({"terminationGracePeriodSeconds": 30}, "terminationGracePeriodSeconds must be at least 35"),
+        # A budget no eviction can satisfy hangs every node drain.
+        ({"replicaCount": 2}, r"pdb.minAvailable \(2\) must be below the number of replicas \(2\)"),
+        (
+            {"autoscaling": {"enabled": True, "minReplicas": 2}},
+            r"pdb.minAvailable \(2\) must be below the number of replicas \(2\)",
+        ),
+        ({"pdb": {"maxUnavailable": 0}}, "pdb.maxUnavailable must be at least 1"),
+        ({"pdb": {"minAvailable": None}}, "set pdb.minAvailable or pdb.maxUnavailable"),
+        # The ServiceMonitor and the metrics port need a metrics listener on that port, reachable.
+        (
+            {
+                "config": {"server": {"metrics_listen": None}},
+                "metrics": {"serviceMonitor": {"enabled": True}},
+            },
+            "metrics.serviceMonitor.enabled needs config.server.metrics_listen",
+        ),
+        (
+            {"config": {"server": {"metrics_listen": "0.0.0.0:9200"}}},
+            r"metrics_listen \(0.0.0.0:9200\) must listen on metrics.port \(9100\)",
+        ),
+        ({"config": {"server": {"metrics_listen": "127.0.0.1:9100"}}}, "is a loopback address"),
+        (
+            {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}},
+            "autoscaling.enabled needs resources.requests.cpu",
+        ),
+        (
+            {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 2}},
+            "maxReplicas must be at least autoscaling.minReplicas",
+        ),
+        ({"redisPassword": {"existingSecret": "redis"}}, "the bundled one .* has no password"),
+        ({"networkPolicy": {"enabled": True, "upstreamPorts": []}}, "networkPolicy.upstreamPorts"),
     ],
 )
 def test_chart_refuses_to_render_a_broken_release(overrides: dict[str, Any], message: str) -> None:
@@ -400,12 +448,442 @@ def test_renderer_matches_real_helm() -> None:
             "tolerations": [{"key": "a", "operator": "Exists"}],
         },
         {"existingSecret": "mine", "fullnameOverride": "ap", "pdb": {"enabled": False}},
+        {**CHART_SECRETS, **values_file(ALL_OPTIONS)},
+        {**CHART_SECRETS, **merged(values_file(SENTINEL), {"networkPolicy": {"enabled": True}})},
+        {
+            **CHART_SECRETS,
+            "autoscaling": {"enabled": True, "behavior": {}},
+            "networkPolicy": {"enabled": True, "metricsFrom": []},
+            "config": {"server": {"metrics_listen": None}, "session": {"store": "cookie"}},
+            "redis": {"enabled": False},
+            "pdb": {"minAvailable": "50%"},
+        },
     ]
     for values in variants:
         with helm.Chart.load(str(CHART)) as loaded:
             expected = loaded.render(values, name="authproxy", namespace="default")
         assert render_chart(CHART, values) == expected
         assert helm.lint(str(CHART), values)["errors"] == []
+
+
+# --- Helm chart: the optional objects, and every document against the Kubernetes schemas ------------------
+
+# The Prometheus Operator's ServiceMonitor is a CRD, and no schema of it is available offline. This is the
+# part of its openAPIV3Schema (monitoring.coreos.com/v1) that the chart uses: the required fields
+# (spec.selector, spec.endpoints), the types of the others, and the duration syntax of interval and
+# scrapeTimeout; keys other than these are refused, so that a misspelt one cannot pass unnoticed.
+DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "labels": STRING_MAP, "annotations": STRING_MAP},
+        },
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "required": ["matchLabels"],
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": STRING_MAP},
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": DURATION},
+                            "scrapeTimeout": {"type": "string", "pattern": DURATION},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def kubernetes_versions() -> list[str]:
+    """The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion) and the newest with a schema."""
+    import kubernetes_validate  # type: ignore[import-untyped]
+
+    floor = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["kubeVersion"]
+    match = re.fullmatch(r">=\s*(\d+\.\d+)\.\d+(?:-0)?", floor)
+    assert match, floor
+    latest: str = kubernetes_validate.latest_version()
+    return [match.group(1), latest]
+
+
+def schema_problems(doc: dict[str, Any]) -> list[str]:
+    """What the API server's schema (strict: no unknown fields) says about `doc`, for each version."""
+    import jsonschema  # type: ignore[import-untyped]
+    import kubernetes_validate
+
+    name = f"{doc.get('kind')} {doc.get('metadata', {}).get('name')}"
+    if doc.get("kind") == "ServiceMonitor":
+        validator = jsonschema.Draft202012Validator(SERVICE_MONITOR_SCHEMA)
+        return [
+            f"{name}: {list(error.absolute_path)}: {error.message}" for error in validator.iter_errors(doc)
+        ]
+    problems = []
+    for version in kubernetes_versions():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"{name} (Kubernetes {version}): {list(error.path)}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            problems.append(f"{name}: {error.message}")
+    return problems
+
+
+def merged(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` over `values` as Helm merges a second values file: maps key by key."""
+    result = copy.deepcopy(values)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def sentinel_docs(overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The Sentinel example, with the Redis password Secret it expects to find in the namespace."""
+    docs = chart(merged(values_file(SENTINEL), overrides or {}))
+    docs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "redis-credentials"},
+            "stringData": {"password": "s3ntinel-redis-password"},
+        }
+    )
+    return docs
+
+
+CHART_VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "all-options": values_file(ALL_OPTIONS),
+    "sentinel": values_file(SENTINEL),
+    "sentinel+networkPolicy": merged(values_file(SENTINEL), {"networkPolicy": {"enabled": True}}),
+    "no-metrics+autoscaling": {
+        "autoscaling": {"enabled": True},
+        "config": {"server": {"metrics_listen": None}},
+        "networkPolicy": {"enabled": True},
+    },
+}
+
+
+@pytest.mark.parametrize("variant", sorted(CHART_VARIANTS))
+def test_every_chart_object_matches_the_kubernetes_schemas(variant: str) -> None:
+    docs = chart(CHART_VARIANTS[variant])
+    assert docs
+    problems = [problem for doc in docs for problem in schema_problems(doc)]
+    assert problems == []
+
+
+@pytest.mark.parametrize("path", sorted(KUBERNETES.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_manifest_matches_the_kubernetes_schemas(path: Path) -> None:
+    problems = [problem for doc in manifest(path.name) for problem in schema_problems(doc)]
+    assert problems == []
+
+
+def test_the_schema_check_refuses_what_the_api_server_would() -> None:
+    """The check above is strict: unknown fields and wrong types fail it, CRD or not."""
+    docs = chart(values_file(ALL_OPTIONS))
+    deployment = copy.deepcopy(find(docs, "Deployment", "authproxy"))
+    deployment["spec"]["replica"] = 3
+    assert any("replica" in problem for problem in schema_problems(deployment))
+    policy = copy.deepcopy(find(docs, "NetworkPolicy", "authproxy"))
+    policy["spec"]["egress"][0]["ports"][0]["proto"] = policy["spec"]["egress"][0]["ports"][0].pop("protocol")
+    assert any("proto" in problem for problem in schema_problems(policy))
+    autoscaler = copy.deepcopy(find(docs, "HorizontalPodAutoscaler"))
+    del autoscaler["spec"]["maxReplicas"]
+    assert schema_problems(autoscaler)
+    monitor = copy.deepcopy(find(docs, "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    assert schema_problems(monitor)
+    del monitor["spec"]["selector"]
+    assert any("'selector' is a required property" in problem for problem in schema_problems(monitor))
+
+
+def test_chart_with_every_option_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = values_file(ALL_OPTIONS)
+    docs = chart(options)
+    kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in docs)
+    assert kinds == [
+        ("ConfigMap", "authproxy-config"),
+        ("Deployment", "authproxy"),
+        ("Deployment", "authproxy-redis"),
+        ("HorizontalPodAutoscaler", "authproxy"),
+        ("Ingress", "authproxy"),
+        ("NetworkPolicy", "authproxy"),
+        ("NetworkPolicy", "authproxy-redis"),
+        ("PodDisruptionBudget", "authproxy"),
+        ("Secret", "authproxy-secrets"),
+        ("Service", "authproxy"),
+        ("Service", "authproxy-metrics"),
+        ("Service", "authproxy-redis"),
+        ("ServiceMonitor", "authproxy"),
+    ]
+    deployment = find(docs, "Deployment", "authproxy")
+    assert_hardened(deployment)
+    config = valid_config(docs, deployment, tmp_path, monkeypatch, capsys)
+    assert_authproxy_pod(docs, deployment, config)
+
+    budget = find(docs, "PodDisruptionBudget")
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
+    assert_autoscaled(docs, options["autoscaling"])
+    assert_service_monitor_scrapes_the_metrics_listener(docs, config)
+
+
+def assert_autoscaled(docs: list[dict[str, Any]], autoscaling: dict[str, Any]) -> None:
+    """The HPA scales the proxy's Deployment on CPU, and the Deployment leaves the count to it."""
+    deployment = proxy_deployment(docs)
+    assert "replicas" not in deployment["spec"], "a fixed replicas would undo the autoscaler on every upgrade"
+    autoscaler = find(docs, "HorizontalPodAutoscaler")
+    spec = autoscaler["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": deployment["apiVersion"],
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (
+        autoscaling["minReplicas"],
+        autoscaling["maxReplicas"],
+    )
+    target = autoscaling.get("targetCPUUtilizationPercentage", 70)
+    assert spec["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target}},
+        }
+    ]
+    # Utilization is a share of the request: without one the autoscaler has nothing to measure.
+    assert container(deployment, "authproxy")["resources"]["requests"]["cpu"]
+    assert spec.get("behavior", {}) == (autoscaling.get("behavior") or {})
+
+
+def assert_service_monitor_scrapes_the_metrics_listener(docs: list[dict[str, Any]], config: Config) -> None:
+    """ServiceMonitor -> Service -> container port -> the port `metrics_listen` binds, in one namespace."""
+    deployment = proxy_deployment(docs)
+    monitor = find(docs, "ServiceMonitor")
+    wanted = monitor["spec"]["selector"]["matchLabels"].items()
+    services = [
+        doc for doc in docs if doc["kind"] == "Service" and wanted <= doc["metadata"]["labels"].items()
+    ]
+    assert [service["metadata"]["name"] for service in services] == ["authproxy-metrics"]
+    (service,) = services
+    assert selects(service["spec"]["selector"], deployment)
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["default"]}  # the release's namespace
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    (port,) = (port for port in service["spec"]["ports"] if port["name"] == endpoint["port"])
+    ports = {port["name"]: port["containerPort"] for port in container(deployment, "authproxy")["ports"]}
+    assert ports[port["targetPort"]] == split_host_port(config.server.metrics_listen)[1]
+    assert split_host_port(config.server.metrics_listen)[0] not in ("127.0.0.1", "localhost", "::1")
+    # Prometheus refuses a scrape timeout longer than the interval.
+    assert seconds(endpoint["scrapeTimeout"]) <= seconds(endpoint["interval"])
+    # The proxy's own Service (the one the ingress uses) never exposes the metrics port.
+    main = find(docs, "Service", "authproxy")
+    assert [port["targetPort"] for port in main["spec"]["ports"]] == ["http"]
+
+
+def seconds(duration: str) -> int:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(number) * units[unit] for number, unit in re.findall(r"(\d+)([hms])", duration))
+
+
+def test_autoscaling_takes_the_replica_count_from_the_deployment() -> None:
+    fixed = find(chart({"replicaCount": 4}), "Deployment", "authproxy")
+    assert fixed["spec"]["replicas"] == 4
+    autoscaling = {"enabled": True, "minReplicas": 4, "maxReplicas": 9, "targetCPUUtilizationPercentage": 80}
+    docs = chart({"replicaCount": 4, "autoscaling": autoscaling})
+    assert_autoscaled(docs, autoscaling)
+    # The default budget (minAvailable 2) still lets a drain evict a Pod at the autoscaler's minimum.
+    assert find(docs, "PodDisruptionBudget")["spec"]["minAvailable"] < autoscaling["minReplicas"]
+    notes = render_chart(CHART, {**CHART_SECRETS, "autoscaling": autoscaling})[
+        "authproxy/templates/NOTES.txt"
+    ]
+    assert "4 to 9 replicas, autoscaled on CPU" in notes
+    assert not [doc for doc in chart() if doc["kind"] in ("HorizontalPodAutoscaler", "ServiceMonitor")]
+
+
+def egress_rules(policy: dict[str, Any], port: int, protocol: str = "TCP") -> list[dict[str, Any]]:
+    """The egress rules of `policy` that let `port`/`protocol` out (a rule without ports allows any)."""
+    rules: list[dict[str, Any]] = policy["spec"]["egress"]
+    return [
+        rule
+        for rule in rules
+        if "ports" not in rule
+        or any(
+            entry.get("port") == port and entry.get("protocol", "TCP") == protocol for entry in rule["ports"]
+        )
+    ]
+
+
+def ingress_rule(policy: dict[str, Any], port_name: str) -> dict[str, Any]:
+    rules: list[dict[str, Any]] = policy["spec"]["ingress"]
+    (rule,) = (
+        rule for rule in rules if any(entry.get("port") == port_name for entry in rule.get("ports", []))
+    )
+    return rule
+
+
+def assert_network_policy_allows_what_the_config_needs(docs: list[dict[str, Any]], config: Config) -> None:
+    """DNS, CentralAuth, every upstream, and Redis (each sentinel too) can be reached."""
+    deployment = proxy_deployment(docs)
+    policy = find(docs, "NetworkPolicy", deployment["metadata"]["name"])
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], deployment)
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert all("ports" in rule for rule in policy["spec"]["egress"]), "no rule may open every port"
+    for protocol in ("UDP", "TCP"):
+        assert egress_rules(policy, 53, protocol), f"no DNS over {protocol}: no name would resolve"
+    centralauth = urlsplit(config.centralauth.base_url)
+    assert egress_rules(policy, centralauth.port or 443), "CentralAuth unreachable"
+    for upstream in config.upstreams:
+        url = urlsplit(upstream.url)
+        assert egress_rules(policy, url.port or (443 if url.scheme == "https" else 80)), upstream.url
+    if config.session.store == "redis":
+        redis_ports = [port for _host, port in map(split_host_port, config.session.redis_sentinels)]
+        if not config.session.redis_sentinels:
+            redis_ports.append(urlsplit(config.session.redis_url).port or 6379)
+        for port in redis_ports:
+            assert egress_rules(policy, port), f"Redis port {port} unreachable"
+    assert ingress_rule(policy, "http")["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+
+def test_network_policy_with_every_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = values_file(ALL_OPTIONS)["networkPolicy"]
+    docs = chart(values_file(ALL_OPTIONS))
+    config = valid_config(docs, proxy_deployment(docs), tmp_path, monkeypatch, capsys)
+    assert_network_policy_allows_what_the_config_needs(docs, config)
+    policy = find(docs, "NetworkPolicy", "authproxy")
+    assert ingress_rule(policy, "http")["from"] == options["ingressFrom"]
+    assert ingress_rule(policy, "metrics")["from"] == options["metricsFrom"]
+    assert [rule["to"] for rule in egress_rules(policy, 53, "UDP")] == [options["dnsTo"]]
+    (centralauth,) = egress_rules(policy, 443)
+    assert centralauth["to"] == [{"ipBlock": {"cidr": cidr}} for cidr in options["centralauthCIDRs"]]
+    assert [rule["to"] for rule in egress_rules(policy, 8443)] == [options["upstreamTo"]]
+    (redis_rule,) = egress_rules(policy, 6379)
+    (redis_peer,) = redis_rule["to"]
+    assert selects(redis_peer["podSelector"]["matchLabels"], find(docs, "Deployment", "authproxy-redis"))
+    assert policy["spec"]["egress"][-1] == options["extraEgress"][0]
+
+
+def test_network_policy_defaults_open_the_proxy_port_and_shut_the_metrics_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = chart({"networkPolicy": {"enabled": True}})
+    config = valid_config(docs, proxy_deployment(docs), tmp_path, monkeypatch, capsys)
+    assert_network_policy_allows_what_the_config_needs(docs, config)
+    policy = find(docs, "NetworkPolicy", "authproxy")
+    assert "from" not in ingress_rule(policy, "http"), "the proxy port is open to every client by default"
+    assert ingress_rule(policy, "metrics")["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    # Without peers, a rule opens its ports to every address: DNS, CentralAuth and the upstream do.
+    assert all("to" not in rule for port in (53, 443, 8080) for rule in egress_rules(policy, port))
+    # Without a metrics listener, or without peers for it, the metrics port is closed.
+    for overrides in (
+        {"config": {"server": {"metrics_listen": None}}},
+        {"networkPolicy": {"enabled": True, "metricsFrom": []}},
+    ):
+        closed = find(chart({"networkPolicy": {"enabled": True}, **overrides}), "NetworkPolicy", "authproxy")
+        assert [rule["ports"][0]["port"] for rule in closed["spec"]["ingress"]] == ["http"]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["redis", "rediss"])
+def test_sentinel_example(
+    tls: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides: dict[str, Any] = {"networkPolicy": {"enabled": True}}
+    if tls:  # the TLS variant its comments describe: a CA bundle from a Secret of one's own
+        overrides |= {
+            "config": {
+                "session": {"redis_url": "rediss://sentinel/0", "redis_ca_file": "/etc/redis-ca/ca.crt"}
+            },
+            "extraVolumes": [{"name": "redis-ca", "secret": {"secretName": "redis-ca"}}],
+            "extraVolumeMounts": [{"name": "redis-ca", "mountPath": "/etc/redis-ca", "readOnly": True}],
+        }
+    docs = sentinel_docs(overrides)
+    if tls:
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "redis-ca"},
+                "stringData": {"ca.crt": "PEM"},
+            }
+        )
+    assert not [doc for doc in docs if doc["metadata"]["name"].endswith("-redis")], "no bundled Redis"
+    deployment = proxy_deployment(docs)
+    config = valid_config(docs, deployment, tmp_path, monkeypatch, capsys)
+    assert_authproxy_pod(docs, deployment, config)
+    session = config.session
+    assert session.store == "redis"
+    assert session.redis_sentinel_master == "mymaster"
+    assert len(session.redis_sentinels) == 3
+    assert {split_host_port(sentinel)[1] for sentinel in session.redis_sentinels} == {26379}
+    # redis_password_file names the mounted key of the Secret, and authproxy read the password from it.
+    assert session.redis_password.get_secret_value() == "s3ntinel-redis-password"
+    assert session.redis_password_file is not None
+    assert session.redis_password_file.name == "password"
+    pod = deployment["spec"]["template"]["spec"]
+    (volume,) = (
+        volume
+        for volume in pod["volumes"]
+        if volume.get("secret", {}).get("secretName") == "redis-credentials"
+    )
+    assert volume["secret"]["defaultMode"] == 0o440
+    (mount,) = (
+        mount
+        for mount in container(deployment, "authproxy")["volumeMounts"]
+        if mount["name"] == volume["name"]
+    )
+    assert mount["readOnly"] is True
+    toml = tomllib.loads(find(docs, "ConfigMap")["data"]["config.toml"])
+    assert toml["session"]["redis_password_file"] == f"{mount['mountPath']}/password"
+    assert "redis_password" not in toml["session"], "no secret in the ConfigMap"
+    if tls:
+        assert urlsplit(session.redis_url).scheme == "rediss"
+        assert session.redis_ca_file
+    assert_network_policy_allows_what_the_config_needs(docs, config)
+    policy = find(docs, "NetworkPolicy", "authproxy")
+    (redis_rule,) = egress_rules(policy, 26379)
+    assert redis_rule == egress_rules(policy, 6379)[0], "the sentinels and the master they name, in one rule"
+    assert [problem for doc in docs for problem in schema_problems(doc)] == []
 
 
 # --- docker compose ----------------------------------------------------------------------------------

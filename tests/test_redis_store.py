@@ -11,7 +11,7 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import ClientSession
+from aiohttp import ClientSession, TCPConnector
 from conftest import DevIdp, ProxyFactory
 from support.harness import BROWSER_UA, Browser, Proxy
 from support.logins import SignedIn, signed_in
@@ -20,6 +20,7 @@ from support.redis_server import RedisServer, forget_shared_answers
 from authproxy.errors import SessionRejected
 from authproxy.provider.checker import SessionKnownDead
 from authproxy.runtime import LIVE
+from authproxy.session import redis as redis_module
 from authproxy.session.redis import DEAD_PREFIX, KEY_PREFIX
 
 API = {"Accept": "application/json", "User-Agent": BROWSER_UA}
@@ -270,3 +271,33 @@ async def test_with_redis_stopped_the_local_memory_still_answers(
     with pytest.raises(SessionKnownDead):
         await checker.check(carol, "127.0.0.1", "a thief's agent")
     assert await userinfo_calls(devidp) - before == 2
+
+
+async def test_connections_to_redis_are_bounded_and_a_stall_is_waited_out(
+    proxy_factory: ProxyFactory, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100 requests in flight while Redis stalls (CLIENT PAUSE) open no more connections than the bound
+    (lowered to 16 here, MAX_CONNECTIONS in production); the requests over it wait for a connection and
+    are served once Redis resumes."""
+    monkeypatch.setattr(redis_module, "MAX_CONNECTIONS", 16)
+    proxy = await proxy_factory(session={"store": "redis", "redis_url": redis_server.url})
+    ada = await signed_in(proxy)
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        baseline = (await client.info("clients"))["connected_clients"]
+        async with ClientSession(headers=API, connector=TCPConnector(limit=0)) as http:
+
+            async def get() -> int:
+                async with http.get(f"{proxy.url}/x", headers={"Cookie": ada.header}) as response:
+                    await response.read()
+                    return response.status
+
+            await client.execute_command("CLIENT", "PAUSE", "500", "ALL")  # type: ignore[no-untyped-call]
+            requests = [asyncio.ensure_future(get()) for _ in range(100)]
+            await asyncio.sleep(0.4)  # every request has reached the proxy and asked for a connection
+            during = (await client.info("clients"))["connected_clients"]  # answered when the pause ends
+            statuses = await asyncio.gather(*requests)
+    finally:
+        await client.aclose()
+    assert during - baseline <= 16
+    assert statuses == [200] * 100

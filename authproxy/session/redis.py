@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import BlockingConnectionPool, parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
@@ -52,6 +52,8 @@ DEAD_PREFIX = "authproxy:dead:"
 CHANNEL = "authproxy:revoked"
 # Sets last_check on an index entry only if the entry exists (Redis has no "HSET if exists").
 _TOUCH = "if redis.call('exists', KEYS[1]) == 1 then redis.call('hset', KEYS[1], 'last_check', ARGV[1]) end"
+# Connections to Redis per worker (the revocation subscription holds one more of its own).
+MAX_CONNECTIONS = 128
 _ID_BYTES = 32
 _KEY_BYTES = 32
 
@@ -263,9 +265,11 @@ def make_client(
         options["ssl_ca_certs"] = ca_file
     credentials = {name: value for name, value in (("username", username), ("password", password)) if value}
     if not sentinels:
-        client = aioredis.Redis.from_url(url, **options)
-        client.connection_pool.connection_kwargs.update(credentials)
-        return client
+        # At most MAX_CONNECTIONS per worker; a request that finds them all busy waits for one as
+        # long as a read may take, then is a 503 like any Redis failure.
+        pool = BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=1.0, **options)
+        pool.connection_kwargs.update(credentials)
+        return aioredis.Redis(connection_pool=pool)
     from_url = parse_url(url)
     if tls:
         options["ssl"] = True
@@ -278,6 +282,8 @@ def make_client(
     for name in ("username", "password"):
         if name in from_url and name not in credentials:
             credentials[name] = from_url[name]
-    options.update(credentials, db=int(from_url.get("db", 0)))
+    # redis-py has no blocking pool that follows the sentinels: past MAX_CONNECTIONS a request fails
+    # at once (a 503) instead of waiting for a connection.
+    options.update(credentials, db=int(from_url.get("db", 0)), max_connections=MAX_CONNECTIONS)
     master: aioredis.Redis = manager.master_for(sentinel_master, **options)
     return master
