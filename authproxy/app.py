@@ -266,6 +266,12 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
             # Looks the runtime up on every message: a reload replaces it.
             on_dead=lambda digest: _evict_hex(app[LIVE].runtime, digest.hex()),
         )
+    # CentralAuth's own pool: neither upstreams nor websockets can starve session checks and logins.
+    backchannel = runtime.backchannel_pool = Pool(
+        limit=BACKCHANNEL_CONNECTIONS,
+        keepalive=BACKCHANNEL_KEEPALIVE,
+        acquire_timeout=runtime.config.centralauth.timeout,
+    )
     _attach_backchannel(runtime)
     runtime.metrics.track_cache_size(lambda: len(app[LIVE].runtime.checker))
     listener = None
@@ -287,6 +293,7 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
     if runtime.broker is not None:
         await runtime.broker.close()
     await pool.close()
+    await backchannel.close()
     await websockets.close()
     await http.close()
 
@@ -296,7 +303,7 @@ def _attach_backchannel(runtime: Runtime, dead: DeadTokens | None = None) -> Non
     a former checker's memory of dead tokens, kept."""
     centralauth = runtime.config.centralauth
     runtime.centralauth = CentralAuthClient(
-        runtime.http,
+        runtime.backchannel,
         base_url=centralauth.base_url,
         client_id=centralauth.client_id,
         client_secret=centralauth.client_secret.get_secret_value(),
@@ -338,6 +345,11 @@ def _longest_ttl(config: Config) -> float:
     routes = [entry.session_check_ttl or 0.0 for entry in config.routes.table]
     return float(max([config.centralauth.session_check_ttl, *routes]))
 
+
+# Connections to CentralAuth per worker, and how long an idle one is kept (below the usual server-side
+# keep-alive; a call that meets one closed meanwhile is resent, see provider.client).
+BACKCHANNEL_CONNECTIONS = 256
+BACKCHANNEL_KEEPALIVE = 15.0
 
 RESTART_ONLY = (
     ("server", "listen"),
@@ -421,6 +433,7 @@ def reload(app: web.Application, config: Config) -> list[str]:
 _PROCESS_STATE = (
     "client_session",
     "upstream_pool",
+    "backchannel_pool",
     "metrics",
     "used_states",
     "connections",

@@ -101,6 +101,7 @@ class Runtime:
     # Created in the app's cleanup context, once the event loop runs.
     client_session: aiohttp.ClientSession | None = None
     upstream_pool: Pool | None = None
+    backchannel_pool: Pool | None = None  # CentralAuth's connections, apart from the upstreams'
     centralauth: CentralAuthClient | None = None
     session_checker: SessionChecker | None = None
     # userinfo with its calls counted by outcome; the checker and the login callback both use it.
@@ -144,6 +145,12 @@ class Runtime:
         if self.upstream_pool is None:
             raise RuntimeError("the upstream connection pool is created when the application starts")
         return self.upstream_pool
+
+    @property
+    def backchannel(self) -> Pool:
+        if self.backchannel_pool is None:
+            raise RuntimeError("the CentralAuth connection pool is created when the application starts")
+        return self.backchannel_pool
 
     @property
     def websockets(self) -> Clients:

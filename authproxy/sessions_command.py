@@ -110,7 +110,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _end_at_centralauth(config: Config, chosen: list[admin.SessionInfo]) -> int:
-    from authproxy.forwarder import make_client_session
+    from authproxy.h1 import Pool
     from authproxy.provider.client import CentralAuthClient
     from authproxy.session import admin
     from authproxy.session.redis import admin_purpose
@@ -118,9 +118,10 @@ async def _end_at_centralauth(config: Config, chosen: list[admin.SessionInfo]) -
     centralauth = config.centralauth
     sealer = Sealer([secret.get_secret_value() for secret in config.session.cookie_secrets])
     purpose = admin_purpose(config.session.cookie_name)
-    async with make_client_session() as http:
+    pool = Pool(limit=4, acquire_timeout=centralauth.timeout)
+    try:
         client = CentralAuthClient(
-            http,
+            pool,
             base_url=centralauth.base_url,
             client_id=centralauth.client_id,
             client_secret=centralauth.client_secret.get_secret_value(),
@@ -128,6 +129,8 @@ async def _end_at_centralauth(config: Config, chosen: list[admin.SessionInfo]) -
             timeout=centralauth.timeout,
         )
         failed = await admin.end_at_centralauth(chosen, sealer, purpose, client.logout)
+    finally:
+        await pool.close()
     for info, reason in failed:
         audit.event("admin.centralauth_logout_failed", "", by="cli", id=info.id, reason=reason)
         print(

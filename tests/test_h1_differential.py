@@ -29,6 +29,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import h11
 from support.rawupstream import Conn, RawUpstream, Request
@@ -313,7 +314,11 @@ def oracle(case: Case) -> Outcome:
 async def play(upstream: RawUpstream, case: Case, patience: float = 0.5) -> Outcome:
     origin, _ = h1.Origin.split(upstream.url)
     pool = h1.Pool()
-    timeouts = {"connect_timeout": 2.0, "response_timeout": patience, "read_timeout": patience}
+    timeouts: dict[str, Any] = {
+        "connect_timeout": 2.0,
+        "response_timeout": patience,
+        "read_timeout": patience,
+    }
     target = f"/case/{case.number}"
     try:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from support.rawupstream import Conn, RawUpstream, Request
@@ -14,7 +15,7 @@ from support.rawupstream import Conn, RawUpstream, Request
 from authproxy import h1
 
 OK2 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-TIMEOUTS = {"connect_timeout": 2.0, "response_timeout": 2.0, "read_timeout": 2.0}
+TIMEOUTS: dict[str, Any] = {"connect_timeout": 2.0, "response_timeout": 2.0, "read_timeout": 2.0}
 
 
 class Gate:

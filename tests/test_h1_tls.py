@@ -6,13 +6,14 @@ pooled connections that never cross from one set of TLS settings to another."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from support.tlsnginx import CLIENT_NAME, SERVER_NAME, TlsNginx
 
 from authproxy import h1
 
-TIMEOUTS = {"connect_timeout": 5.0, "response_timeout": 5.0, "read_timeout": 5.0}
+TIMEOUTS: dict[str, Any] = {"connect_timeout": 5.0, "response_timeout": 5.0, "read_timeout": 5.0}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from support.rawupstream import Conn, RawUpstream, Request
 
 from authproxy import h1
 
-TIMEOUTS = {"connect_timeout": 2.0, "response_timeout": 2.0, "read_timeout": 2.0}
+TIMEOUTS: dict[str, Any] = {"connect_timeout": 2.0, "response_timeout": 2.0, "read_timeout": 2.0}
 
 
 async def test_a_raw_upstream_on_a_unix_socket(tmp_path: Path) -> None:

@@ -152,12 +152,28 @@ async def test_fail_closed_outage_is_a_503_that_keeps_the_session(
     proxy: Proxy, browser: Browser, devidp: DevIdp, fault: int
 ) -> None:
     await signed_in_without_landing(proxy, browser)
-    await devidp.fault("userinfo", status=fault, count=1)
+    # A dropped connection (0) is asked again once when it was a kept-alive one (see the next test):
+    # two drops in a row are an outage.
+    await devidp.fault("userinfo", status=fault, count=2 if fault == 0 else 1)
     status, body = await get(browser, f"{proxy.url}/x", headers={"Accept": "text/html"})
     assert status == 503 and "not answering" in body
+    await devidp.control("DELETE", "/faults")
     # The session survived the outage: the next request, with CentralAuth back, passes.
     status, body = await get(browser, f"{proxy.url}/x")
     assert status == 200 and received_headers(json.loads(body))["x-forwarded-email"] == "ada@example.com"
+
+
+async def test_a_kept_alive_connection_centralauth_closed_is_asked_again_not_an_outage(
+    proxy: Proxy, browser: Browser, devidp: DevIdp
+) -> None:
+    """CentralAuth (or a balancer in front of it) may close an idle kept-alive connection just as a
+    check goes out on it; the check is sent once more on a new connection instead of failing."""
+    await signed_in_without_landing(proxy, browser)  # the login's calls left a connection in the pool
+    before = (await devidp.stats())["userinfo"]
+    await devidp.fault("userinfo", status=0, count=1)
+    status, _ = await get(browser, f"{proxy.url}/x")
+    assert status == 200
+    assert (await devidp.stats())["userinfo"] - before == 2
 
 
 async def test_stale_mode_reuses_the_last_good_answer(

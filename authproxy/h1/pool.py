@@ -114,27 +114,41 @@ class Pool:
         method: str,
         target: str,
         headers: Iterable[tuple[str, str]],
-        body: BodySource | None,
+        body: BodySource | bytes | None,
         *,
         connect_timeout: float,
         response_timeout: float,
         read_timeout: float,
+        resend: bool = False,
     ) -> Response:
         """Send one request and wait for the head of its response.
+
+        A `bytes` body goes out whole, with the head and its Content-Length (a small body the caller
+        already has: no task streams it). `resend` lets such a request be sent once more on a fresh
+        connection, like an idempotent one without a body, when a reused connection ended before any
+        answer: for a caller whose request does no harm done twice.
 
         Raises `UpstreamError`, `UpstreamTimeout` (stage "connect", "write" or "response") or
         `PoolExhausted`. The caller reads the body and must call `release()` on the response.
         """
-        head, chunked = request_head(method, target, origin, headers, body=body is not None)
-        retry = body is None and method in IDEMPOTENT
+        stream = None
+        if isinstance(body, bytes):
+            headers = [*headers, ("Content-Length", str(len(body)))]
+            head, chunked = request_head(method, target, origin, headers, body=True)
+            head += body
+            retry = resend
+        else:
+            head, chunked = request_head(method, target, origin, headers, body=body is not None)
+            retry = body is None and method in IDEMPOTENT
+            stream = body
         while True:
             connection = await self._acquire(origin, connect_timeout)
-            connection.begin(method == "HEAD", response_timeout, read_timeout, body is not None)
+            connection.begin(method == "HEAD", response_timeout, read_timeout, stream is not None)
             writer = None
             try:
                 connection.write(head)
-                if body is not None:
-                    writer = asyncio.ensure_future(write_body(connection, body, chunked))
+                if stream is not None:
+                    writer = asyncio.ensure_future(write_body(connection, stream, chunked))
                     writer.add_done_callback(_retrieve)
                 response_head = await connection.head()
             except UpstreamError as exc:

@@ -5,20 +5,27 @@ The calls are those of docs/centralauth.md, made the safe way: urlencoded verify
 classification of answers, because the official library deletes the cookie on any userinfo error,
 timeouts included, so outages log users out. Here a JSON 4xx is a definite "no"; timeouts, connection
 errors, 429, 5xx and anything unparseable are outages, never a logout.
+
+The calls go through a pool of the lean HTTP/1.1 client (`authproxy.h1`) of their own, apart from the
+upstreams' and the websockets', kept alive between calls: a session check is the proxy's most frequent
+call after the forwarded request itself, and aiohttp's client cost more CPU than the rest of a cold
+request. Each call has one deadline, `timeout`, for connecting, sending and reading the whole answer.
+A userinfo or logout call that meets a kept-alive connection the server has just closed is sent once
+more on a new one (asking twice does no harm); a verify call never is (a code is good only once).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-
-import aiohttp
+from urllib.parse import urlencode, urlsplit
 
 from authproxy.core.user import User
 from authproxy.errors import CentralAuthUnavailable, LoginRejected, SessionRejected
+from authproxy.h1 import Origin, Pool, PoolExhausted, Response, UpstreamError, UpstreamTimeout
 from authproxy.tracing import ACTIVE
 
 MAX_BODY = 1 << 20  # a real answer is a few hundred bytes; anything huge is a broken upstream
@@ -37,11 +44,11 @@ class Answer:
 
 
 class CentralAuthClient:
-    """One organization's back channel, sharing the worker's HTTP session."""
+    """One organization's back channel, on the worker's back-channel connection pool."""
 
     def __init__(
         self,
-        http: aiohttp.ClientSession,
+        pool: Pool,
         *,
         base_url: str,
         client_id: str,
@@ -49,17 +56,20 @@ class CentralAuthClient:
         public_url: str,
         timeout: float,
     ) -> None:
-        self._http = http
+        self._pool = pool
         self._base = base_url.rstrip("/")
+        self._origin, self._prefix = Origin.split(self._base)
         credentials = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
         self._auth = f"Basic {credentials}"
         parts = urlsplit(public_url)
         self.domain = f"{parts.scheme}://{parts.netloc}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._userinfo_target = f"{self._prefix}/api/v1/userinfo?{urlencode({'domain': self.domain})}"
+        self._timeout = timeout
 
     async def verify(self, code: str, redirect_uri: str, verifier: str) -> Tokens:
         form = {"code": code, "redirect_uri": redirect_uri, "code_verifier": verifier}
-        answer = await self._post("/api/v1/verify", data=form, headers={})
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        answer = await self._post("/api/v1/verify", data=urlencode(form).encode(), headers=headers)
         if answer.status == 200 and isinstance(answer.body, dict):
             token, expires_in = answer.body.get("access_token"), answer.body.get("expires_in")
             if isinstance(token, str) and token:
@@ -73,8 +83,9 @@ class CentralAuthClient:
             # A native app's device id, which CentralAuth's hijack protection compares with the one
             # its login was made with.
             headers["device-id"] = device_id
+        body = token.encode()
         answer = await self._post(
-            "/api/v1/userinfo", data=token.encode(), headers=headers, params={"domain": self.domain}
+            "/api/v1/userinfo", data=body, headers=headers, target=self._userinfo_target, resend=True
         )
         if answer.status == 200:
             user = User.from_json(answer.body)
@@ -85,7 +96,7 @@ class CentralAuthClient:
 
     async def logout(self, token: str) -> None:
         headers = {"Content-Type": "text/plain"}
-        answer = await self._post("/api/v1/logout", data=token.encode(), headers=headers)
+        answer = await self._post("/api/v1/logout", data=token.encode(), headers=headers, resend=True)
         if not 200 <= answer.status < 300:
             raise self._failure(answer, SessionRejected)
 
@@ -93,38 +104,46 @@ class CentralAuthClient:
         self,
         path: str,
         *,
-        data: Any,
+        data: bytes,
         headers: dict[str, str],
-        params: dict[str, str] | None = None,
+        target: str = "",
+        resend: bool = False,
     ) -> Answer:
         headers = {"Authorization": self._auth, "Accept": "application/json", **headers}
         tracing = ACTIVE.get()  # set only while a traced request (or its session check) runs
         if tracing is None:
-            return await self._send(path, data, headers, params)
+            return await self._send(path, target or self._prefix + path, data, headers, resend)
         # No trace context goes to CentralAuth: the span is the proxy's record of the call, nothing more.
         with tracing.centralauth_call(path.rsplit("/", 1)[-1], self._base + path) as step:
-            answer = await self._send(path, data, headers, params)
+            answer = await self._send(path, target or self._prefix + path, data, headers, resend)
             step.set("http.response.status_code", answer.status)
             return answer
 
     async def _send(
-        self, path: str, data: Any, headers: dict[str, str], params: dict[str, str] | None
+        self, path: str, target: str, data: bytes, headers: dict[str, str], resend: bool
     ) -> Answer:
         try:
-            async with self._http.post(
-                self._base + path,
-                data=data,
-                headers=headers,
-                params=params,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as response:
-                raw = await _read_capped(response)
-                if raw is None:
-                    raise CentralAuthUnavailable(f"{path} answered with an oversized body")
-                return Answer(response.status, _json(raw))
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            async with asyncio.timeout(self._timeout):
+                response = await self._pool.request(
+                    self._origin,
+                    "POST",
+                    target,
+                    headers.items(),
+                    data,
+                    connect_timeout=self._timeout,
+                    response_timeout=self._timeout,
+                    read_timeout=self._timeout,
+                    resend=resend,
+                )
+                try:
+                    raw = await _read_capped(response)
+                finally:
+                    response.release()
+        except (TimeoutError, UpstreamError, UpstreamTimeout, PoolExhausted, OSError) as exc:
             raise CentralAuthUnavailable(f"{path}: {type(exc).__name__}") from exc
+        if raw is None:
+            raise CentralAuthUnavailable(f"{path} answered with an oversized body")
+        return Answer(response.status, _json(raw))
 
     @staticmethod
     def _failure(
@@ -139,20 +158,17 @@ class CentralAuthClient:
         return CentralAuthUnavailable(f"CentralAuth answered {answer.status}")
 
 
-async def _read_capped(response: aiohttp.ClientResponse) -> bytes | None:
-    """The whole body, or None once it exceeds MAX_BODY.
-
-    `read(n)` returns whatever has arrived so far, not n bytes: an answer split over several TCP segments
-    or chunks must be read in a loop, or a valid answer would be cut short and taken for an outage.
-    """
+async def _read_capped(response: Response) -> bytes | None:
+    """The whole body, or None once it exceeds MAX_BODY (read piece by piece: an answer may arrive in
+    several TCP segments or chunks)."""
     if response.content_length is not None and response.content_length > MAX_BODY:
         return None
-    body = bytearray()
-    while chunk := await response.content.read(MAX_BODY + 1 - len(body)):
+    body = b""
+    while chunk := await response.read():
         body += chunk
         if len(body) > MAX_BODY:
             return None
-    return bytes(body)
+    return body
 
 
 def _json(raw: bytes) -> Any:
