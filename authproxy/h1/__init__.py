@@ -1,8 +1,9 @@
-"""A lean pooled HTTP/1.1 client for the forwarder: asyncio protocols and httptools' C parser.
+"""A lean pooled HTTP/1.1 client for the forwarder and the CentralAuth back channel: asyncio protocols
+and httptools' C parser.
 
-aiohttp stays the server, the websocket bridge and the CentralAuth client; this package only carries
-proxied HTTP requests upstream, where aiohttp's general-purpose client spent more CPU per request than
-the rest of the proxy together (measured in bench/README.md). It does what a forwarder needs and no
+aiohttp stays the server and the websocket bridge; this package carries proxied HTTP requests upstream
+and the calls to CentralAuth (each in a pool of its own), where aiohttp's general-purpose client spent
+more CPU per request than the rest of the proxy together (measured in bench/README.md). It does what a forwarder needs and no
 more: keep-alive pooling that reuses a connection only when it is provably clean, streamed bodies both
 ways (Content-Length, chunked, or until close), strict response parsing, per-request timeouts for
 connecting, for the response head and for each read, per-upstream TLS settings and Unix sockets, and
