@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -32,7 +33,8 @@ class User:
             # truthy blocks.
             verified=data.get("verified") is True,
             blocked=bool(data.get("blocked")),
-            organization_id=organization if isinstance(organization, str) else None,
+            # One string per organization, not one per cached user.
+            organization_id=sys.intern(organization) if isinstance(organization, str) else None,
             affirmation_date=affirmed if isinstance(affirmed, str) else None,
         )
 

@@ -3,11 +3,11 @@ and httptools' C parser.
 
 aiohttp stays the server and the websocket bridge; this package carries proxied HTTP requests upstream
 and the calls to CentralAuth (each in a pool of its own), where aiohttp's general-purpose client spent
-more CPU per request than the rest of the proxy together (measured in bench/README.md). It does what a forwarder needs and no
-more: keep-alive pooling that reuses a connection only when it is provably clean, streamed bodies both
-ways (Content-Length, chunked, or until close), strict response parsing, per-request timeouts for
-connecting, for the response head and for each read, per-upstream TLS settings and Unix sockets, and
-one resend of an idempotent request on a stale connection.
+more CPU per request than the rest of the proxy together (measured in bench/README.md). It does what a
+forwarder needs and no more: keep-alive pooling that reuses a connection only when it is provably clean,
+streamed bodies both ways (Content-Length, chunked, or until close), strict response parsing, per-request
+timeouts for connecting, for the response head and for each read, per-upstream TLS settings and Unix
+sockets, and one resend of an idempotent request on a stale connection.
 
 Chunked trailers are parsed and dropped, never promoted to headers. Errors are typed (`errors`).
 

@@ -24,11 +24,13 @@ On an outage the last good answer may be reused for `stale_grace` seconds past i
 `on_outage = "stale"`.
 
 Memory, measured with tracemalloc on CPython 3.11 (tests/test_memory.py holds the code to these numbers):
-- check cache: an LRU bounded by `max_entries`, and entries past TTL + stale window are dropped as new ones
-  arrive. An entry costs under 400 bytes whatever the size of the user agent: the key (the IP string, the
-  16-byte agent digest, the token digest shared by a token's entries), the LRU slot, the timestamp and the
-  token index. A session's first entry also holds its token digest and the User that CentralAuth returned:
-  about 700 bytes in all for typical ids and e-mail; further entries of a token share an equal User.
+- check cache: kept in the order the answers were fetched (a hit does not reorder: an entry's use ends
+  when its TTL from the call does, however often it is hit), bounded by `max_entries`, and entries past
+  TTL + stale window are dropped from the old end as new ones arrive. An entry costs under 400 bytes
+  whatever the size of the user agent: the key (the IP string, the 16-byte agent digest, the token digest
+  shared by a token's entries), the slot in the order, the timestamp and the token index. A session's
+  first entry also holds its token digest and the User that CentralAuth returned: about 700 bytes in all
+  for typical ids and e-mail; further entries of a token share an equal User.
 - dead tokens: an LRU of 32-byte digests bounded by `max_entries` too, about 200 bytes each.
 - the token memo: the SHA-256 of the 10,000 most recently seen tokens, each held with its token.
 """
@@ -311,7 +313,6 @@ class SessionChecker:
         # A hit needs no dead-token lookup: marking a token dead evicts its entries, and none is stored
         # for a dead token.
         if entry is not None and self._clock() - entry.fetched_at < fresh_for:
-            self._entries.move_to_end(key)
             return Outcome(entry.user, "hit")
         return await self._miss(key, token, client_ip, user_agent, lifetime, fresh_for, device_id)
 
@@ -332,7 +333,6 @@ class SessionChecker:
                 raise SessionKnownDead()
             entry = self._entries.get(key)
             if entry is not None and self._clock() - entry.fetched_at < fresh_for:
-                self._entries.move_to_end(key)
                 return Outcome(entry.user, "hit")
             task = self._inflight.get(key)
             if task is not None:
