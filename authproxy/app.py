@@ -47,7 +47,7 @@ from authproxy.provider.checker import (
 )
 from authproxy.provider.client import CentralAuthClient
 from authproxy.routes import auth, compat, forward_auth, health, jwks, proxy, signout
-from authproxy.routes.common import request_context
+from authproxy.routes.common import Handler, in_context
 from authproxy.runtime import LIVE, Live, Runtime
 from authproxy.session.store import CookieStore, SessionStore, redis_store
 from authproxy.watch import GOING_AWAY
@@ -204,8 +204,8 @@ def build_app(
     self_test(
         runtime.cookie.name, runtime.transactions.prefix, runtime.upstream_headers, config.headers.strip_extra
     )
-    app = web.Application(middlewares=[request_context])
-    app[LIVE] = Live(runtime)
+    app = web.Application()
+    live = app[LIVE] = Live(runtime)
     if config.tracing.otlp_endpoint:
         # First in, last out: the spans of the last requests leave after everything else has closed.
         attach = lambda started: setattr(app[LIVE].runtime, "tracing", started)  # noqa: E731
@@ -215,32 +215,38 @@ def build_app(
     app.cleanup_ctx.append(_metrics_listener)
     app.on_cleanup.append(_flush_access_log)
     prefix = runtime.prefix
-    app.router.add_get("/ping", health.ping, name="health")
-    app.router.add_get("/ready", health.ready, name="ready")
-    app.router.add_get(f"{prefix}/start", auth.start, name="login")
-    app.router.add_get(f"{prefix}/callback", auth.callback, name="callback")
-    app.router.add_get(f"{prefix}/sign_in", auth.sign_in, name="sign_in")
-    app.router.add_route("GET", f"{prefix}/sign_out", signout.sign_out, name="sign_out")
-    app.router.add_route("POST", f"{prefix}/sign_out", signout.sign_out, name="sign_out_post")
-    app.router.add_get(f"{prefix}/signed_out", signout.signed_out, name="signed_out")
-    app.router.add_get(f"{prefix}/auth", forward_auth.auth, name="forward_auth")
+
+    def route(method: str, path: str, handler: Handler, name: str) -> None:
+        # Every handler runs in the request context (`routes.common.in_context`); GET answers HEAD too.
+        if method == "GET":
+            app.router.add_get(path, in_context(handler, live), name=name)
+        else:
+            app.router.add_route(method, path, in_context(handler, live), name=name)
+
+    route("GET", "/ping", health.ping, "health")
+    route("GET", "/ready", health.ready, "ready")
+    route("GET", f"{prefix}/start", auth.start, "login")
+    route("GET", f"{prefix}/callback", auth.callback, "callback")
+    route("GET", f"{prefix}/sign_in", auth.sign_in, "sign_in")
+    route("GET", f"{prefix}/sign_out", signout.sign_out, "sign_out")
+    route("POST", f"{prefix}/sign_out", signout.sign_out, "sign_out_post")
+    route("GET", f"{prefix}/signed_out", signout.signed_out, "signed_out")
+    route("GET", f"{prefix}/auth", forward_auth.auth, "forward_auth")
     # `/auth/<path>` checks <path> (Envoy ext_authz's path_prefix); any method, never proxied.
-    app.router.add_route(
-        "*", f"{prefix}/auth/{{path:[\\s\\S]*}}", forward_auth.auth_path, name="forward_auth_path"
-    )
-    app.router.add_get(f"{prefix}/userinfo", forward_auth.userinfo, name="userinfo")
-    app.router.add_get(f"{prefix}/jwks.json", jwks.jwks, name="jwks")
+    route("*", f"{prefix}/auth/{{path:[\\s\\S]*}}", forward_auth.auth_path, "forward_auth_path")
+    route("GET", f"{prefix}/userinfo", forward_auth.userinfo, "userinfo")
+    route("GET", f"{prefix}/jwks.json", jwks.jwks, "jwks")
     if config.centralauth.compat_routes:
         # Before the catch-all: with compat routes on, these paths are the proxy's, never the app's.
-        app.router.add_get("/api/auth/login", compat.login, name="compat_login")
-        app.router.add_get("/api/auth/affirm", compat.affirm, name="compat_affirm")
-        app.router.add_get("/api/auth/user", compat.user, name="compat_user")
-        app.router.add_get("/api/auth/callback", auth.callback, name="compat_callback")
-        app.router.add_route("GET", "/api/auth/logout", signout.sign_out, name="compat_logout")
-        app.router.add_route("POST", "/api/auth/logout", signout.sign_out, name="compat_logout_post")
+        route("GET", "/api/auth/login", compat.login, "compat_login")
+        route("GET", "/api/auth/affirm", compat.affirm, "compat_affirm")
+        route("GET", "/api/auth/user", compat.user, "compat_user")
+        route("GET", "/api/auth/callback", auth.callback, "compat_callback")
+        route("GET", "/api/auth/logout", signout.sign_out, "compat_logout")
+        route("POST", "/api/auth/logout", signout.sign_out, "compat_logout_post")
     # Any path, including one whose decoded form holds a newline (`.` would not match it, and the router
     # would answer 404 itself instead of the proxy refusing the target).
-    app.router.add_route("*", "/{tail:[\\s\\S]*}", proxy.handle, name="proxy")
+    route("*", "/{tail:[\\s\\S]*}", proxy.handle, "proxy")
     return app
 
 

@@ -2,7 +2,8 @@
 
 Request counts and latency are recorded by the access logger (aiohttp calls it once per request
 anyway), so the hot path pays for no extra middleware; in-flight requests are counted by the request
-middleware. Label values come from small fixed sets (route names, outcomes), never from user input.
+context (`routes/common.in_context`). Label values come from small fixed sets (route names, outcomes),
+never from user input.
 
 The per-request series (request counts and latencies, upstream latency, session checks, requests in
 flight) are kept in plain numbers and handed to prometheus-client in one batch, before every scrape and

@@ -1,8 +1,9 @@
 """Everything a request handler needs, built once from the config by the composition root (`app.py`).
 
-The application holds the live one (`app[LIVE].runtime`); the request middleware hands it to each
-request (`context.RUNTIME`), which keeps it to the end, so a reload that swaps in a new runtime never
-changes the objects a request in flight is using. Nothing here does I/O at construction time.
+The application holds the live one (`app[LIVE].runtime`); the request context
+(`routes.common.in_context`) hands it to each request (`context.RUNTIME`), which keeps it to the end,
+so a reload that swaps in a new runtime never changes the objects a request in flight is using.
+Nothing here does I/O at construction time.
 """
 
 from __future__ import annotations

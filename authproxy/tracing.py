@@ -6,13 +6,13 @@ None and each place that makes a span costs one `is None` test, with no tracer, 
 
 What is traced, and where the spans are made:
 
-- the request: a server span, opened and closed by the request middleware (`routes/common.py`);
+- the request: a server span, opened and closed by the request context (`routes/common.in_context`);
 - the session check: around the checker call (`gate.py`), with the cache's answer as
   `authproxy.session_check.outcome` ("hit", "miss", "coalesced", "stale", "dead", "rejected",
   "unavailable");
 - each CentralAuth call: a client span (`provider/client.py`), under the session check when there is
   one, under the request at the login callback. The client has no runtime of its own to ask, so the
-  middleware of a traced request sets `ACTIVE`, which the checker's fetch task inherits;
+  request context of a traced request sets `ACTIVE`, which the checker's fetch task inherits;
 - the upstream exchange: a client span around the forwarder (`routes/proxy.py`), whose context the
   upstream receives as W3C `traceparent` / `tracestate`.
 

@@ -1,4 +1,5 @@
-"""What every route shares: the request middleware, and error answers as JSON or as a page."""
+"""What every route shares: the request context every handler runs in, and error answers as JSON or
+as a page."""
 
 from __future__ import annotations
 
@@ -22,41 +23,50 @@ from authproxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from authproxy.runtime import LIVE
+from authproxy.runtime import Live
 
 log = structlog.get_logger("authproxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Start every request on the live runtime (`context.begin`), and render AuthproxyErrors."""
-    runtime = request.app[LIVE].runtime
-    rid = begin(request, runtime)
-    # Without tracing, this test is all a request spends on it.
-    traced = (
-        None
-        if runtime.tracing is None
-        else runtime.tracing.begin_request(request, rid, end_user_ip(request), peer_trusted(request))
-    )
-    metrics = runtime.metrics
-    metrics.request_started()
-    try:
-        response = await handler(request)
-    except AuthproxyError as exc:
-        response = render_error(request, exc)
-    except BaseException as exc:
+def in_context(handler: Handler, live: Live) -> Handler:
+    """`handler`, started on the live runtime (`context.begin`) and with AuthproxyErrors rendered.
+
+    Every route is registered wrapped in this rather than behind an aiohttp middleware: a middleware
+    costs each request an extra coroutine frame (resumed at every wait), a partial and a cache lookup,
+    about 3 % of a forwarded request's CPU. The catch-all route leaves aiohttp no request of its own
+    to answer, so there is nothing a middleware would see that this does not.
+    """
+
+    async def contextual(request: web.Request) -> web.StreamResponse:
+        runtime = live.runtime
+        rid = begin(request, runtime)
+        # Without tracing, this test is all a request spends on it.
+        traced = (
+            None
+            if runtime.tracing is None
+            else runtime.tracing.begin_request(request, rid, end_user_ip(request), peer_trusted(request))
+        )
+        metrics = runtime.metrics
+        metrics.request_started()
+        try:
+            response = await handler(request)
+        except AuthproxyError as exc:
+            response = render_error(request, exc)
+        except BaseException as exc:
+            if traced is not None:
+                traced.failed(exc)
+            raise
+        finally:
+            metrics.request_finished()
+        if not response.prepared:
+            response.headers.setdefault("X-Request-Id", rid)
         if traced is not None:
-            traced.failed(exc)
-        raise
-    finally:
-        metrics.request_finished()
-    if not response.prepared:
-        response.headers.setdefault("X-Request-Id", rid)
-    if traced is not None:
-        traced.answered(response.status)
-    return response
+            traced.answered(response.status)
+        return response
+
+    return contextual
 
 
 def render_error(
