@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck unit clean system-deps bench bench-deps
+.PHONY: demo test lint typecheck unit clean system-deps bench bench-deps bench-peer-deps
 
 # Debian's python3 lacks `-m venv` (its ensurepip) until python3-venv is installed.
 $(STAMP): pyproject.toml
@@ -67,9 +67,9 @@ unit: $(STAMP)
 # bench/README.md. BENCH_QUICK=1 runs a shorter version into bench/results/quick.{json,md} instead;
 # BENCH_BASELINE=DIR also measures authproxy from the source tree DIR (e.g. `git archive` of an older
 # commit) side by side. uvloop comes from the `fast` extra, as in production; wrk and nginx from Debian.
-bench: $(STAMP) bench-deps
+bench: $(STAMP) bench-deps bench-peer-deps
 	$(BIN)/python -m pip install --quiet -e '.[dev,fast]'
-	$(BIN)/python -m bench --mode $(if $(BENCH_QUICK),quick,full) $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
+	$(BIN)/python -m bench --mode $(if $(BENCH_QUICK),quick,full) --tracing $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 
 bench-deps:
 	@command -v wrk >/dev/null 2>&1 || { \
@@ -78,6 +78,15 @@ bench-deps:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx; }
+
+# Apache with mod_auth_openidc is the benchmark's peer (not needed by `make test`): the harness runs its
+# own apache2 processes with their own config on loopback ports; the system service stays unused.
+bench-peer-deps:
+	@{ command -v apache2 >/dev/null 2>&1 || test -x /usr/sbin/apache2; } && \
+	  test -f /usr/lib/apache2/modules/mod_auth_openidc.so || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    apache2 libapache2-mod-auth-openidc; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

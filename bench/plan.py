@@ -33,6 +33,9 @@ class Plan:
     memory_sessions: int
     memory_seconds: int  # one wrk run while filling the cache (repeated until it is full)
     stream_bytes: int
+    # Apache httpd + mod_auth_openidc as a peer (bench/apache.py), when apache2 and the module are
+    # installed: its throughput cases (and latency), and the targets that compare authproxy with it.
+    apache: bool = False
 
     def settings(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +61,7 @@ PLANS = {
         memory_sessions=100_000,
         memory_seconds=20,
         stream_bytes=GIB,
+        apache=True,
     ),
     "quick": Plan(
         mode="quick",
@@ -78,6 +82,7 @@ PLANS = {
         memory_sessions=100_000,
         memory_seconds=15,
         stream_bytes=GIB,
+        apache=True,
     ),
     "smoke": Plan(
         mode="smoke",

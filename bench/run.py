@@ -23,13 +23,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench import checks, machine, measure, report, sessions, stack, tables, wrk
+from bench import apache, checks, machine, measure, report, sessions, stack, tables, wrk
 from bench.measure import Case
 from bench.plan import PLANS, Plan
 
 HERE = Path(__file__).resolve().parent
 
 T = TypeVar("T")
+
+APACHE_LABELS = {
+    "apache-cookie": f"Apache + mod_auth_openidc, {apache.PROCESSES} processes, client-cookie session",
+    "apache-shm": f"Apache + mod_auth_openidc, {apache.PROCESSES} processes, shm session cache",
+}
 
 
 def throughput_cases(plan: Plan, s: stack.Stack) -> list[Case]:
@@ -51,6 +56,9 @@ def throughput_cases(plan: Plan, s: stack.Stack) -> list[Case]:
                 (upstream,),
             ),
         ]
+    for name, label in APACHE_LABELS.items():
+        if name in s:
+            cases.append(Case(f"1k/{name}", label, f"{s[name].url}/1k", s[name], (upstream,)))
     if "authproxy-baseline-1w" in s:
         base = s["authproxy-baseline-1w"]
         label = "authproxy before (baseline source), 1w, cache hit"
@@ -78,6 +86,8 @@ def latency_cases(plan: Plan, s: stack.Stack) -> list[tuple[Case, int, float]]:
     loaded = ["nginx-1w", "bare-1w", "authproxy-1w"]
     if "authproxy-baseline-1w" in s:
         one.insert(3, "authproxy-baseline-1w")
+    peers = [name for name in APACHE_LABELS if name in s]
+    one, loaded = one + peers, loaded + peers
     if plan.mode == "smoke":
         one, loaded = ["authproxy-1w"], ["authproxy-1w"]
     direct = Case("1conn/upstream", "nginx upstream, direct", f"{upstream.url}/1k", upstream)
@@ -96,6 +106,24 @@ def _rotated(items: list[T], by: int) -> list[T]:
     return items[by:] + items[:by]
 
 
+def _cookies_for(case: Case, cookies: Path, count: int, work: Path) -> Path:
+    """The run's sessions; for Apache, `count` fresh sign-ins made just now.
+
+    mod_auth_openidc saves a session again (a Set-Cookie with client-cookie sessions) once its last save
+    is a minute old, and wrk would keep sending the old cookie: each run gets sessions of its own.
+    """
+    if case.server.name in apache.VARIANTS:
+        return apache.cookie_file(case.server, count, sessions.USER_AGENT, work)
+    return cookies
+
+
+def _throughput(
+    case: Case, plan: Plan, headers: dict[str, str], work: Path, cookies: Path, idp_url: str
+) -> dict[str, float]:
+    fresh = _cookies_for(case, cookies, plan.sessions, work)  # before the metered run starts
+    return measure.throughput(case, plan.seconds, headers, work, fresh, idp_url)
+
+
 def run_throughput(plan: Plan, cases: list[Case], cookies: Path, work: Path, idp_url: str) -> dict[str, Any]:
     headers = {"User-Agent": sessions.USER_AGENT}
     if plan.warmup:
@@ -107,13 +135,13 @@ def run_throughput(plan: Plan, cases: list[Case], cookies: Path, work: Path, idp
                 threads=case.threads,
                 headers=headers,
                 workdir=work,
-                cookies=cookies,
+                cookies=_cookies_for(case, cookies, plan.sessions, work),
             )
     runs: dict[str, list[dict[str, float]]] = {case.key: [] for case in cases}
     for number in range(plan.rounds):
         for case in _rotated(cases, number):
             sample = measure.repeat_while_disturbed(
-                functools.partial(measure.throughput, case, plan.seconds, headers, work, cookies, idp_url)
+                functools.partial(_throughput, case, plan, headers, work, cookies, idp_url)
             )
             runs[case.key].append(sample)
     return {
@@ -127,17 +155,23 @@ def run_throughput(plan: Plan, cases: list[Case], cookies: Path, work: Path, idp
     }
 
 
-def run_latency(
-    plan: Plan, cases: list[tuple[Case, int, float]], cookie: str, idp_url: str
-) -> dict[str, Any]:
+def _latency(
+    case: Case, rate: float, connections: int, plan: Plan, cookie: str, idp_url: str, work: Path
+) -> dict[str, float]:
+    if case.server.name in apache.VARIANTS:  # a fresh sign-in, as for throughput
+        cookie = apache.sign_in(case.server.url, 1, sessions.USER_AGENT, apache.ca_file(work))[0]
     headers = {"User-Agent": sessions.USER_AGENT, "Cookie": cookie}
+    return measure.latency(case, rate, connections, plan.latency_seconds, headers, idp_url)
+
+
+def run_latency(
+    plan: Plan, cases: list[tuple[Case, int, float]], cookie: str, idp_url: str, work: Path
+) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {case.key: [] for case, _, _ in cases}
     for number in range(plan.rounds):
         for case, connections, rate in _rotated(cases, number):
             sample = measure.repeat_while_disturbed(
-                functools.partial(
-                    measure.latency, case, rate, connections, plan.latency_seconds, headers, idp_url
-                )
+                functools.partial(_latency, case, rate, connections, plan, cookie, idp_url, work)
             )
             runs[case.key].append(sample)
     return {
@@ -192,6 +226,8 @@ def run(plan: Plan, work: Path, baseline: Path | None = None, tracing: bool = Fa
         "settings": plan.settings() | {"wrk": "2 threads; 64 connections (1 KiB), 16 (1 MiB)"},
     }
     s = stack.build(plan, work, baseline, tracing)
+    if any(name in s for name in apache.VARIANTS):
+        results["machine"]["apache"] = apache.version()
     s.start()
     try:
         cookies = sessions.logins(s.identity.public_url, plan.sessions)
@@ -199,7 +235,7 @@ def run(plan: Plan, work: Path, baseline: Path | None = None, tracing: bool = Fa
         cookie_file.write_text("\n".join(cookies) + "\n")
         idp = s["devidp"].url
         results["throughput"] = run_throughput(plan, throughput_cases(plan, s), cookie_file, work, idp)
-        results["latency"] = run_latency(plan, latency_cases(plan, s), cookies[0], idp)
+        results["latency"] = run_latency(plan, latency_cases(plan, s), cookies[0], idp, work)
         results["checks"] = run_checks(plan, s, cookies[0], work)
     finally:
         s.stop()
@@ -212,7 +248,12 @@ def run(plan: Plan, work: Path, baseline: Path | None = None, tracing: bool = Fa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=sorted(PLANS), default="full")
+    parser.add_argument(
+        "--mode",
+        choices=[*sorted(PLANS), "forward-auth"],
+        default="full",
+        help="forward-auth: only nginx auth_request with its answer cache (bench/forward_auth.py)",
+    )
     parser.add_argument("--out", type=Path, help="directory for the results (default: bench/results)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
     parser.add_argument(
@@ -224,9 +265,19 @@ def main(argv: list[str] | None = None) -> int:
         help="also authproxy-1w with [tracing] on, exporting to a local sink (the cost of tracing)",
     )
     args = parser.parse_args(argv)
-    plan = PLANS[args.mode]
     work = Path(tempfile.mkdtemp(prefix="authproxy-bench-"))
     work.chmod(0o755)  # nginx's workers (an unprivileged user under root) read the data files
+    if args.mode == "forward-auth":
+        from bench import forward_auth  # only this mode needs it
+
+        try:
+            return forward_auth.main(args.out or HERE / "results", work)
+        finally:
+            if args.keep:
+                print(f"work directory kept: {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    plan = PLANS[args.mode]
     try:
         results = run(plan, work, args.baseline, args.tracing)
     finally:

@@ -14,6 +14,9 @@
 | authproxy-mem-1w | authproxy against stubidp, for the memory measurement |
 | authproxy-baseline-1w | with `--baseline DIR`: authproxy from another source tree (an older commit) |
 | authproxy-tracing-1w | with `--tracing`: authproxy-1w with `[tracing]` on, exporting to the sink |
+| oidc-provider | the minimal OpenID Connect provider Apache signs in at (bench/oidc_provider.py) |
+| apache-cookie | Apache + mod_auth_openidc, client-cookie sessions (bench/apache.py; full and quick) |
+| apache-shm | Apache + mod_auth_openidc, server-cache sessions in shared memory |
 
 All authproxy instances share one `public_url` (the first one's), cookie secret and client, so one
 real login is good on every instance.
@@ -21,10 +24,11 @@ real login is good on every instance.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import servers, sessions
+from bench import apache, servers, sessions
 from bench.plan import Plan
 from bench.servers import Server
 from bench.upstream import prepare_data
@@ -107,6 +111,13 @@ def build(plan: Plan, work: Path, baseline: Path | None = None, tracing: bool = 
         proxy("authproxy-tracing-1w", 1, 30, extra=f'\n[tracing]\notlp_endpoint = "{sink.url}"\n')
     if baseline is not None:
         proxy("authproxy-baseline-1w", 1, 30, source=baseline)
+    if plan.apache and not apache.available():
+        print(f"apache2 or {apache.OPENIDC} missing: the Apache peer is not measured", file=sys.stderr)
+    elif plan.apache:
+        client_id, client_secret = stack.identity.client_id, stack.identity.client_secret
+        provider = add(apache.provider(work, client_id, client_secret))
+        for name in apache.VARIANTS:
+            add(apache.server(name, work, upstream.port, provider, client_id, client_secret))
     metrics_port = servers.free_port()
     stack.mem_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     proxy("authproxy-mem-1w", 1, 3600, idp_url=stub.url, metrics_port=metrics_port)

@@ -26,13 +26,14 @@ def render(results: dict[str, Any]) -> str:
     machine = results["machine"]
     settings = results["settings"]
     contention = results["contention"]
+    peer = f", {machine['apache']}" if "apache" in machine else ""
     lines = [
         f"Run: `{results['mode']}` mode, {results['started']}, {results['duration_s']:.0f} s. "
         f"Machine: {machine['cpu']}, {machine['cores']} cores"
         f"{' (virtual machine)' if machine['virtualised'] else ''}, {machine['memory_gib']} GiB, "
         f"{machine['os']}, Linux {machine['kernel']}, Python {machine['python']}, "
         f"aiohttp {machine['packages']['aiohttp']}, uvloop {machine['packages']['uvloop']}, "
-        f"httptools {machine['packages']['httptools']}, {machine['nginx']}, {machine['wrk']}. "
+        f"httptools {machine['packages']['httptools']}, {machine['nginx']}, {machine['wrk']}{peer}. "
         f"Other processes used {contention['other_cores_average']:.2f} cores on average during the run "
         f"({contention['other_cpu_seconds']:.0f} CPU s; hypervisor steal "
         f"{contention['steal_seconds']:.0f} s). {_disturbance(results)}",

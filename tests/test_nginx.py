@@ -9,8 +9,11 @@ checked for the wiring that matters, against the headers a running authproxy rea
 
 from __future__ import annotations
 
+import asyncio
+import difflib
 import json
 import subprocess
+import time
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from conftest import DevIdp, ProxyFactory
 from multidict import CIMultiDictProxy
 from support.echo import received_headers
 from support.harness import Browser, Proxy, deep_merge, free_port
-from support.nginx import Nginx, nginx_binary, site_tls, start_nginx
+from support.nginx import CACHED_SITE, SITE, Nginx, nginx_binary, site_tls, start_nginx
 from yarl import URL
 
 from authproxy.runtime import LIVE
@@ -68,7 +71,7 @@ async def site_factory(proxy_factory: ProxyFactory, echo_url: str) -> AsyncItera
     """Start an authproxy configured for life behind nginx, then nginx; overrides are config tables."""
     started: list[Nginx] = []
 
-    async def start(**overrides: Any) -> Site:
+    async def start(*, cached: bool = False, cache_lifetime: int | None = None, **overrides: Any) -> Site:
         port = free_port()
         url = f"https://127.0.0.1:{port}"
         behind_nginx = {
@@ -76,7 +79,13 @@ async def site_factory(proxy_factory: ProxyFactory, echo_url: str) -> AsyncItera
             "session": {"cookie_secure": True},
         }
         proxy = await proxy_factory(**deep_merge(behind_nginx, overrides))
-        nginx = await start_nginx(https_port=port, authproxy_url=proxy.url, app_url=echo_url)
+        nginx = await start_nginx(
+            https_port=port,
+            authproxy_url=proxy.url,
+            app_url=echo_url,
+            cached=cached,
+            cache_lifetime=cache_lifetime,
+        )
         started.append(nginx)
         return Site(url, proxy, nginx)
 
@@ -322,6 +331,196 @@ async def test_sign_out_through_nginx_ends_the_session(site: Site, browser: Brow
         browser, f"{site.url}/reports", headers={"Cookie": f"{site.cookie_name}={session}"}
     )
     assert replayed.status == 302 and replayed.headers["Location"].startswith("/oauth2/start?")
+
+
+# --- authproxy-cached.conf: nginx caches the answers ------------------------------------------------------
+#
+# authproxy runs with session_check_ttl = 0, so it asks the fake CentralAuth on every check it answers:
+# the fake's userinfo counter is exactly the number of checks nginx did not answer from its cache.
+
+CACHE_LIFETIME = 2  # seconds; the file's 10 s, shortened by support/nginx.py:cache_edits()
+MARGIN = 1.5  # nginx's cache clock ticks in whole seconds, and polling adds a little
+
+
+@pytest.fixture
+async def cached_site(site_factory: SiteFactory) -> Site:
+    return await site_factory(
+        cached=True, cache_lifetime=CACHE_LIFETIME, centralauth={"session_check_ttl": 0}
+    )
+
+
+async def userinfo_calls(devidp: DevIdp) -> int:
+    return (await devidp.stats())["userinfo"]
+
+
+async def identity(
+    site: Site, browser: Browser, path: str = "/reports", headers: dict[str, str] | None = None
+) -> str:
+    """The e-mail the app received for this request, or a description of the refusal."""
+    answer = await fetch(browser, site.url + path, headers={**JSON, **(headers or {})})
+    if answer.status != 200:
+        return f"refused {answer.status}"
+    return echoed(answer)[1].get("x-forwarded-email", "anonymous")
+
+
+def cache_entries(site: Site) -> list[Path]:
+    return [path for path in (site.nginx.directory / "auth-cache").rglob("*") if path.is_file()]
+
+
+def test_the_cached_site_only_adds_lines_to_the_plain_one() -> None:
+    """authproxy-cached.conf is authproxy.conf plus the cache: nothing of the plain site may drift."""
+    plain, cached = SITE.read_text().splitlines(), CACHED_SITE.read_text().splitlines()
+    changes = difflib.SequenceMatcher(a=plain, b=cached, autojunk=False).get_opcodes()
+    changed = [(tag, plain[i1:i2], cached[j1:j2]) for tag, i1, i2, j1, j2 in changes if tag != "equal"]
+    assert changed and all(tag == "insert" for tag, _, _ in changed), changed
+    added = "\n".join(line for _, _, lines in changed for line in lines)
+    for directive in (
+        "proxy_cache_path",
+        "proxy_cache ",
+        "proxy_cache_key",
+        "proxy_cache_lock",
+        "proxy_no_cache",
+    ):
+        assert directive in added, directive
+
+
+async def test_cached_answers_carry_each_sessions_own_identity(cached_site: Site, devidp: DevIdp) -> None:
+    """Many sessions of several users through one nginx, interleaved: each request gets its own
+    session's identity, never another's, while nearly every check is answered from nginx's cache."""
+    users = ["ada@example.com", "grace@example.com", "alan@example.com"]
+    browsers = [Browser() for _ in range(2 * len(users))]  # two sessions per user
+    try:
+        for number, browser in enumerate(browsers):
+            await sign_in(cached_site, browser, "/reports", email=users[number % len(users)])
+        for _ in range(2):  # each round starts on a cold cache (the logins' own checks expired too)
+            await asyncio.sleep(CACHE_LIFETIME + MARGIN)
+            before = await userinfo_calls(devidp)
+            wrong, asked = [], 0
+            for batch in range(10):  # one request per session at a time, in a rotating order
+                order = [(batch + number) % len(browsers) for number in range(len(browsers))]
+                seen = await asyncio.gather(*(identity(cached_site, browsers[number]) for number in order))
+                asked += len(order)
+                wrong += [
+                    (n, got) for n, got in zip(order, seen, strict=True) if got != users[n % len(users)]
+                ]
+            assert not wrong, f"answers with another session's identity, or refused: {wrong}"
+            calls = await userinfo_calls(devidp) - before
+            # One check per session (per cache lifetime), not one per request: the rest were cache hits.
+            assert len(browsers) <= calls <= 2 * len(browsers) < asked, calls
+    finally:
+        for browser in browsers:
+            await browser.close()
+
+
+@pytest.mark.parametrize("how", ["logout-at-centralauth", "sign-out-through-authproxy"])
+async def test_a_revoked_session_is_refused_within_the_cache_lifetime(
+    cached_site: Site, browser: Browser, devidp: DevIdp, how: str
+) -> None:
+    await sign_in(cached_site, browser)
+    cookie = {"Cookie": f"{cached_site.cookie_name}={browser.cookie(cached_site.cookie_name)}"}
+    await asyncio.sleep(CACHE_LIFETIME + MARGIN)  # the login's own check has expired
+    before = await userinfo_calls(devidp)
+    assert await identity(cached_site, browser, headers=cookie) == EMAIL  # a miss: authproxy asked
+    for _ in range(5):
+        assert await identity(cached_site, browser, headers=cookie) == EMAIL
+    assert await userinfo_calls(devidp) - before == 1  # the rest came from nginx's cache
+
+    if how == "logout-at-centralauth":
+        await devidp.end_sessions(EMAIL)
+    else:
+        signed_out = await fetch(
+            browser, f"{cached_site.url}/oauth2/sign_out?rd=/", headers={"Sec-Fetch-Site": "same-origin"}
+        )
+        assert signed_out.status == 302 and browser.cookie(cached_site.cookie_name) is None
+    revoked = time.monotonic()
+    # The same cookie, from the same client: still passed from the cache at first (that is its price) ...
+    answers = [await identity(cached_site, browser, headers=cookie)]
+    assert answers[0] == EMAIL, "the cached answer was not used"
+    # ... and refused once it expires, within the lifetime.
+    while answers[-1] == EMAIL and time.monotonic() - revoked < CACHE_LIFETIME + 5:
+        await asyncio.sleep(0.1)
+        answers.append(await identity(cached_site, browser, headers=cookie))
+    lag = time.monotonic() - revoked
+    assert answers[-1] == "refused 401", answers
+    assert lag <= CACHE_LIFETIME + MARGIN, f"refused only after {lag:.2f} s"
+    # And from then on, never passed again: a refusal is not cached, nor is the old answer revived.
+    for _ in range(3):
+        assert await identity(cached_site, browser, headers=cookie) == "refused 401"
+
+
+async def test_a_cached_answer_is_not_served_without_the_cookie_or_to_another_client(
+    cached_site: Site, browser: Browser, devidp: DevIdp
+) -> None:
+    await sign_in(cached_site, browser)
+    session = browser.cookie(cached_site.cookie_name)
+    name = cached_site.cookie_name
+    assert await identity(cached_site, browser) == EMAIL
+    assert await identity(cached_site, browser) == EMAIL  # cached now
+
+    async def asked(headers: dict[str, str]) -> tuple[str, int]:
+        """What nginx answered a request from a client without a cookie jar, and how often it asked."""
+        stranger = Browser()
+        try:
+            before = await userinfo_calls(devidp)
+            got = await identity(cached_site, stranger, headers=headers)
+            return got, await userinfo_calls(devidp) - before
+        finally:
+            await stranger.close()
+
+    # No cookie, or no session cookie: authproxy is asked (it answers 401), never the cache.
+    assert await asked({}) == ("refused 401", 0)
+    assert await asked({"Cookie": "theme=dark"}) == ("refused 401", 0)
+    assert await asked({"Cookie": f"{name}="}) == ("refused 401", 0)
+    assert await asked({"Cookie": f"{name}=forged"}) == ("refused 401", 0)
+    # The same session cookie with another cookie beside it is another key: authproxy is asked again.
+    assert await asked({"Cookie": f"theme=dark; {name}={session}"}) == (EMAIL, 1)
+    # With an Authorization header nginx always asks authproxy (a bearer token is checked every time),
+    # even beside a valid session cookie.
+    bearer = {"Cookie": f"{name}={session}", "Authorization": "Bearer not-a-token"}
+    assert await asked(bearer) == (EMAIL, 1)
+    # The session cookie from another client address (X-Forwarded-For, which nginx passes on and
+    # authproxy believes from loopback) or another user agent: authproxy asks CentralAuth, whose hijack
+    # protection refuses either; the cached answer is never served.
+    other_ip = await asked({"Cookie": f"{name}={session}", "X-Forwarded-For": "203.0.113.9"})
+    other_agent = await asked({"Cookie": f"{name}={session}", "User-Agent": "curl/8.0"})
+    for got, calls in (other_ip, other_agent):
+        assert got != EMAIL and calls <= 1, (other_ip, other_agent)
+
+
+async def test_refusals_are_never_cached(cached_site: Site, browser: Browser, devidp: DevIdp) -> None:
+    name = cached_site.cookie_name
+    for _ in range(3):
+        assert await identity(cached_site, browser, headers={"Cookie": f"{name}=forged"}) == "refused 401"
+    assert cache_entries(cached_site) == []  # nothing was stored for a refused check
+
+    # An ended session: refused, and the same browser's sign-in right after works at once.
+    await sign_in(cached_site, browser)
+    old = {"Cookie": f"{name}={browser.cookie(name)}"}
+    await devidp.end_sessions(EMAIL)
+    await asyncio.sleep(CACHE_LIFETIME + MARGIN)
+    assert await identity(cached_site, browser, headers=old) == "refused 401"
+    before = len(cache_entries(cached_site))
+    assert await identity(cached_site, browser, headers=old) == "refused 401"
+    assert len(cache_entries(cached_site)) == before
+    _, landed = await sign_in(cached_site, browser)
+    assert echoed(landed)[1]["x-forwarded-email"] == EMAIL
+    assert await identity(cached_site, browser) == EMAIL
+
+
+async def test_the_cached_site_runs_the_plain_sites_flows(cached_site: Site, browser: Browser) -> None:
+    """The redirect, the 404 for /oauth2/auth, forged identity headers and websockets, with the cache."""
+    answer = await fetch(browser, f"{cached_site.url}/reports?year=2024")
+    assert answer.status == 302 and answer.headers["Location"] == "/oauth2/start?rd=/reports?year=2024"
+    assert (await fetch(browser, f"{cached_site.url}/oauth2/auth", headers=JSON)).status == 404
+    await sign_in(cached_site, browser)
+    forged = {"X-Forwarded-Email": "forged@evil.example", "X-Auth-Request-Email": "forged@evil.example"}
+    for _ in range(2):  # a miss, then a hit: the identity comes from the (cached) answer either way
+        _, headers = echoed(await fetch(browser, f"{cached_site.url}/reports", headers=forged))
+        assert headers["x-forwarded-email"] == EMAIL and "x-auth-request-email" not in headers
+    ws_url = cached_site.url.replace("https://", "wss://") + "/_ws"
+    async with browser.http.ws_connect(ws_url, ssl=site_tls().client_context) as ws:
+        await ws.send_str("hello through the cache")
+        assert await ws.receive_str(timeout=5) == "hello through the cache"
 
 
 # --- Traefik ---------------------------------------------------------------------------------------------

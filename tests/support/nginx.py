@@ -8,6 +8,10 @@ foreground with `-c <main.conf> -p <dir>`, where the small main config puts ever
 touches /etc or /var. The site is served over TLS, as in production, with a throwaway CA from
 `site_tls()`; clients trust it by passing `ssl=site_tls().client_context` with each request.
 
+`start_nginx(cached=True)` runs `deploy/nginx/authproxy-cached.conf` instead, the same site with nginx
+caching authproxy's answers; its extra edits (`cache_edits()`) move the cache directory into the
+private one and, when asked, shorten the cache lifetime.
+
 nginx is a hard requirement of these tests (CI installs Debian's `nginx` package): when it is missing
 they fail with the install command rather than skip.
 """
@@ -38,6 +42,10 @@ from support.listening import wait_until_listening
 from support.servers import ServerProcess
 
 SITE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "authproxy.conf"
+CACHED_SITE = SITE.with_name("authproxy-cached.conf")
+# The cached site's lines that cache_edits() replaces.
+CACHE_DIRECTORY = "/var/cache/nginx-authproxy"
+CACHE_VALID = "proxy_cache_valid      200 202 10s;"
 DEBIAN_NGINX = "/usr/sbin/nginx"
 NGINX_ENV = "AUTHPROXY_TEST_NGINX"
 MISSING_NGINX = (
@@ -168,12 +176,21 @@ def site_edits(
     }
 
 
-def render_site(text: str, edits: dict[str, str]) -> str:
+def cache_edits(directory: Path, lifetime: int | None) -> dict[str, str]:
+    """The cached site's extra edits: its cache in `directory`, and a lifetime of `lifetime` seconds
+    (whole seconds: nginx keeps cache validity in seconds)."""
+    edits = {CACHE_DIRECTORY: str(directory)}
+    if lifetime is not None:
+        edits[CACHE_VALID] = CACHE_VALID.replace("10s", f"{lifetime}s")
+    return edits
+
+
+def render_site(text: str, edits: dict[str, str], site: Path = SITE) -> str:
     for old, new in edits.items():
         found = text.count(old)
         if found != 1:
             raise AssertionError(
-                f"{SITE}: the test replaces {old!r}, which must occur exactly once but occurs {found} "
+                f"{site}: the test replaces {old!r}, which must occur exactly once but occurs {found} "
                 "times; update tests/support/nginx.py:site_edits() together with the example"
             )
         text = text.replace(old, new)
@@ -194,7 +211,9 @@ def write_site_tls(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def _prepare(*, https_port: int, authproxy: str, app: str) -> tuple[Path, Path, IO[bytes]]:
+def _prepare(
+    *, https_port: int, authproxy: str, app: str, cached: bool, cache_lifetime: int | None
+) -> tuple[Path, Path, IO[bytes]]:
     """Make nginx's directory and write the certificate, the rendered site and the main config there.
 
     Returns the directory, the main config's path and a file for nginx's stderr, where it reports what
@@ -207,17 +226,30 @@ def _prepare(*, https_port: int, authproxy: str, app: str) -> tuple[Path, Path, 
     edits = site_edits(
         https_port=https_port, http_port=free_port(), authproxy=authproxy, app=app, cert=cert, key=key
     )
-    (directory / "authproxy.conf").write_text(render_site(SITE.read_text(), edits))
+    site = CACHED_SITE if cached else SITE
+    if cached:
+        edits |= cache_edits(directory / "auth-cache", cache_lifetime)
+    (directory / "authproxy.conf").write_text(render_site(site.read_text(), edits, site))
     main = directory / "nginx.conf"
     main.write_text(MAIN_CONF.format(dir=directory))
     return directory, main, (directory / "stderr.log").open("wb")
 
 
-async def start_nginx(*, https_port: int, authproxy_url: str, app_url: str) -> Nginx:
-    """Run the example site on 127.0.0.1:`https_port` in front of these http:// URLs."""
+async def start_nginx(
+    *,
+    https_port: int,
+    authproxy_url: str,
+    app_url: str,
+    cached: bool = False,
+    cache_lifetime: int | None = None,
+) -> Nginx:
+    """Run the example site on 127.0.0.1:`https_port` in front of these http:// URLs: authproxy.conf, or
+    with `cached` authproxy-cached.conf (its answers kept `cache_lifetime` seconds, default the file's)."""
     binary = nginx_binary()
     authproxy, app = urlsplit(authproxy_url).netloc, urlsplit(app_url).netloc
-    directory, main, stderr = _prepare(https_port=https_port, authproxy=authproxy, app=app)
+    directory, main, stderr = _prepare(
+        https_port=https_port, authproxy=authproxy, app=app, cached=cached, cache_lifetime=cache_lifetime
+    )
     with stderr:
         process = await asyncio.create_subprocess_exec(
             binary,
