@@ -47,6 +47,33 @@ async def load_session(request: web.Request, runtime: Runtime) -> Session | None
     return await runtime.store.load(value) if value else None
 
 
+def cached_user(
+    request: web.Request,
+    runtime: Runtime,
+    session: Session,
+    *,
+    rules: Rules | None = None,
+    ttl: float | None = None,
+    device_id: str = "",
+) -> User | None:
+    """`check_session` when the checker's cache has a fresh answer: the user, the rules applied (an
+    AccessDenied as there); None on a miss, and then `check_session`. The cache-hit path, most
+    requests, made without a coroutine. A traced request always takes `check_session` (its span)."""
+    if runtime.tracing is not None:
+        return None
+    user = runtime.checker.cached(
+        session.access_token, end_user_ip(request), user_agent(request), ttl=ttl, device_id=device_id
+    )
+    if user is None:
+        return None
+    runtime.metrics.count_session_check("hit")
+    rule = denial(user, rules or runtime.rules)
+    if rule is not None:
+        audit.event("access.denied", request_id(request), rule=rule, user=user.id)
+        raise AccessDenied(rule)
+    return user
+
+
 async def check_session(
     request: web.Request,
     runtime: Runtime,

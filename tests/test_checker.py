@@ -356,3 +356,32 @@ async def test_keys_hold_fixed_size_digests_not_header_values() -> None:
 
 def _sha256(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+async def test_the_synchronous_hit_agrees_with_check() -> None:
+    """`cached` answers only what `check` would answer as a hit, and nothing else."""
+    backend, now = Backend(), [0.0]
+    checker = make(backend, now, ttl=30.0)
+    assert checker.cached("t", "1.1.1.1", "ua") is None  # never seen
+    await checker.check("t", "1.1.1.1", "ua")
+    assert checker.cached("t", "1.1.1.1", "ua") == USER
+    assert checker.cached("t", "2.2.2.2", "ua") is None  # another IP: another key
+    assert checker.cached("t", "1.1.1.1", "other") is None  # another agent
+    assert checker.cached("t", "1.1.1.1", "ua", device_id="d") is None  # a native client's key differs
+    await checker.check("t", "1.1.1.1", "ua", device_id="d")
+    assert checker.cached("t", "1.1.1.1", "ua", device_id="d") == USER
+    long_agent = "x" * 600  # past the agent memo: always the full path
+    await checker.check("t", "1.1.1.1", long_agent)
+    assert checker.cached("t", "1.1.1.1", long_agent) is None
+    assert (await checker.check("t", "1.1.1.1", long_agent)).source == "hit"
+    now[0] = 10.0
+    assert checker.cached("t", "1.1.1.1", "ua", ttl=5.0) is None  # a route's shorter TTL
+    assert checker.cached("t", "1.1.1.1", "ua", ttl=0.0) is None
+    assert checker.cached("t", "1.1.1.1", "ua") == USER
+    await checker.revoke("t")
+    assert checker.cached("t", "1.1.1.1", "ua") is None  # a dead token's entries are gone
+    now[0] = 31.0
+    await checker.check("u", "1.1.1.1", "ua")
+    assert checker.cached("u", "1.1.1.1", "ua") == USER
+    now[0] = 61.0
+    assert checker.cached("u", "1.1.1.1", "ua") is None  # past the TTL

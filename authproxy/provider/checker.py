@@ -283,6 +283,26 @@ class SessionChecker:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def cached(
+        self, token: str, client_ip: str, user_agent: str, *, ttl: float | None = None, device_id: str = ""
+    ) -> User | None:
+        """The user behind `token` if a cached answer for the key is fresh (a hit, no I/O and no
+        coroutine); None otherwise, and then `check` does the rest."""
+        digest = self._digests.get(token)
+        if digest is None:
+            return None  # a token seen for the first time (or long ago) has no fresh answer
+        if device_id:
+            agent = agent_digest(f"{user_agent}\x00device-id\x00{device_id}")
+        else:
+            found = self._agents.get(user_agent)
+            if found is None:
+                return None
+            agent = found
+        entry = self._entries.get((digest, client_ip, agent))
+        if entry is not None and self._clock() - entry.fetched_at < (self._ttl if ttl is None else ttl):
+            return entry.user
+        return None
+
     async def check(
         self,
         token: str,

@@ -99,14 +99,13 @@ async def _check(request: web.Request, appended: str | None) -> web.Response:
         session = presented.session(runtime) if presented is not None else None
     user = None
     if session is not None:
-        user = await gate.check_session(
-            request,
-            runtime,
-            session,
-            rules=route.rules,
-            ttl=route.session_check_ttl,
-            device_id=presented.device_id if presented is not None else "",
-        )
+        device_id = presented.device_id if presented is not None else ""
+        ttl = route.session_check_ttl
+        user = gate.cached_user(request, runtime, session, rules=route.rules, ttl=ttl, device_id=device_id)
+        if user is None:
+            user = await gate.check_session(
+                request, runtime, session, rules=route.rules, ttl=ttl, device_id=device_id
+            )
     if user is None and presented is not None:
         return gate.invalid_bearer(request)  # a token that does not check out: 401, whatever the mode
     if user is None or session is None:

@@ -43,6 +43,7 @@ from authproxy.gate import (
     accepts_bearer,
     auth_mode,
     bearer_credentials,
+    cached_user,
     check_session,
     invalid_bearer,
     load_session,
@@ -110,14 +111,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
             if presented is not None and presented.device_id:
                 request[_DEVICE] = presented.device_id
         if session is not None:
-            user = await check_session(
-                request,
-                runtime,
-                session,
-                rules=route.rules,
-                ttl=route.session_check_ttl,
-                device_id=presented.device_id if presented is not None else "",
-            )
+            device_id = presented.device_id if presented is not None else ""
+            ttl = route.session_check_ttl
+            user = cached_user(request, runtime, session, rules=route.rules, ttl=ttl, device_id=device_id)
+            if user is None:
+                user = await check_session(
+                    request, runtime, session, rules=route.rules, ttl=ttl, device_id=device_id
+                )
             ended = user is None and presented is None
             if user is None:
                 session = None
