@@ -35,10 +35,11 @@ def _quoted(value: str) -> str:
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
-        # The request middleware gave every routed request its runtime. One the parser refused never
+        # The request context gave every routed request its runtime. One the parser refused never
         # reached it (nor the router), and is left out: `answers` logs those.
-        runtime = request.get(RUNTIME)
-        if runtime is None:
+        try:
+            runtime = request[RUNTIME]
+        except KeyError:
             return
         route = cast(web.Request, request).match_info.route.name
         runtime.metrics.observe_request(route, response.status, time_taken)
