@@ -332,6 +332,27 @@ async def test_a_hostile_peer_is_dropped_and_harms_no_one(broker_path: str) -> N
         await good.close()
 
 
+async def test_a_peer_that_stops_reading_is_dropped_not_buffered_for(broker_path: str) -> None:
+    """A worker that stops reading its line must not make the broker hold an ever-growing backlog for
+    it: once MAX_BACKLOG waits to be sent, the broker drops it; the others carry on."""
+    reader, writer = await asyncio.open_unix_connection(broker_path)  # connected, never reading
+    good = client(broker_path)
+    _, call = counting(delay=0.0)
+    try:
+        await good.answer(KEY, "token", 60, call)  # the good worker is connected
+        for number in range(60_000):  # ~6 MB of broadcasts to the silent peer
+            await good.record_dead(hashlib.sha256(str(number).encode()).digest(), 60)
+        received = 0
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+            received += len(chunk)
+        assert received < 6_000_000  # the connection ended before everything was sent
+        fresh = (hashlib.sha256(b"other").digest(), KEY[1], KEY[2])
+        assert (await good.answer(fresh, "other", 60, call))[0] == ADA
+    finally:
+        writer.close()
+        await good.close()
+
+
 async def test_no_broker_or_a_mute_one_means_checking_alone(tmp_path: Path) -> None:
     made, call = counting(delay=0.0)
     missing = client(str(tmp_path / "nothing.sock"))

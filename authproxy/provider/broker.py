@@ -20,7 +20,8 @@ Failures degrade to a per-worker check, never to an error: a worker that cannot 
 whose question is not answered within the CentralAuth timeout, makes the call itself; a holder that dies
 or stalls loses its lease after the same timeout and the waiters make their own calls. Everything is
 bounded: answers and dead tokens (`max_entries` each, dropped past their time), message size
-(`MAX_MESSAGE`), and every wait.
+(`MAX_MESSAGE`), what may wait to be sent to a peer that stops reading (`MAX_BACKLOG`), and every
+wait.
 
 The wire format is one JSON object per line; see `BrokerServer._handle` for the messages.
 """
@@ -48,6 +49,7 @@ log = structlog.get_logger("authproxy.broker")
 # The environment variable through which a supervisor tells its workers where the broker listens.
 BROKER_ENV = "AUTHPROXY_CHECK_BROKER"
 MAX_MESSAGE = 64 * 1024
+MAX_BACKLOG = 1 << 20  # bytes waiting to be sent to one peer
 # A worker that could not reach the broker tries again after this long; meanwhile it checks alone.
 RECONNECT_PAUSE = 1.0
 
@@ -84,8 +86,14 @@ class _Peer:
     writer: asyncio.StreamWriter
 
     def send(self, message: dict[str, Any]) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        if self.writer.is_closing():
+            return
+        # Replies and broadcasts to a peer are not waited on (one slow worker must not hold up the
+        # others); a peer that stops reading is dropped once this much waits for it.
+        if self.writer.transport.get_write_buffer_size() > MAX_BACKLOG:
+            self.writer.close()
+            return
+        self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
 
 class BrokerServer:
