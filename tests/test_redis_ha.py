@@ -24,7 +24,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from aiohttp import ClientSession
-from conftest import ProxyFactory
+from conftest import DevIdp, ProxyFactory
 from support.chaos import LogCheck
 from support.harness import BROWSER_UA, Proxy
 from support.logins import signed_in
@@ -35,6 +35,7 @@ from support.tlsnginx import make_pki
 from authproxy import cli
 from authproxy.runtime import LIVE
 from authproxy.session.redis import CHANNEL, KEY_PREFIX
+from authproxy.session.redis_checks import ANSWER_PREFIX
 
 API = {"Accept": "application/json", "User-Agent": BROWSER_UA}
 PASSWORD = "s3ntinel-test-password-9f2c1a"
@@ -80,7 +81,7 @@ async def redis_503(proxy: Proxy, cookie: str) -> None:
 
 
 async def test_a_failover_under_load_logs_nobody_out_and_revocation_still_reaches_every_instance(
-    proxy_factory: ProxyFactory, sentinel_group: SentinelGroup, logs: LogCheck
+    proxy_factory: ProxyFactory, sentinel_group: SentinelGroup, logs: LogCheck, devidp: DevIdp
 ) -> None:
     settings = {
         "session": {
@@ -156,7 +157,18 @@ async def test_a_failover_under_load_logs_nobody_out_and_revocation_still_reache
         checkers = [proxy.app[LIVE].runtime.checker for proxy in instances[1:]]
         assert all(len(checker) == len(users) for checker in checkers)
 
+        # The shared check cache works on the new master: a session signed in now (no request checked
+        # yet) is asked about once, the answer stored there, and the other instances take it from it.
+        late = await signed_in(first, email="late@example.com", path="/landing", land=False)
+        before = len(await replica.keys(ANSWER_PREFIX + "*"))
+        calls = (await devidp.stats())["userinfo"]
+        for proxy in instances:
+            assert await status_with(proxy, late.header) == 200
+        assert (await devidp.stats())["userinfo"] - calls == 1
+        assert len(await replica.keys(ANSWER_PREFIX + "*")) == before + 1
+
         # ... so a sign-out on the first instance reaches the other two at once.
+        sizes = [len(checker) for checker in checkers]
         async with ClientSession(headers={"User-Agent": BROWSER_UA}) as http:
             async with http.post(
                 f"{first.url}/oauth2/sign_out",
@@ -166,7 +178,7 @@ async def test_a_failover_under_load_logs_nobody_out_and_revocation_still_reache
                 assert response.status == 302
 
         async def evicted() -> bool:
-            return all(len(checker) == len(users) - 1 for checker in checkers)
+            return all(len(checker) == size - 1 for checker, size in zip(checkers, sizes, strict=True))
 
         await eventually(evicted, "the sign-out broadcast to reach every instance", within=5)
         for proxy in instances:
