@@ -289,19 +289,10 @@ class SessionChecker:
         """The user behind `token` if a cached answer for the key is fresh (a hit, no I/O and no
         coroutine); None otherwise, and then `check` does the rest."""
         digest = self._digests.get(token)
-        if digest is None:
-            return None  # a token seen for the first time (or long ago) has no fresh answer
-        if device_id:
-            agent = agent_digest(f"{user_agent}\x00device-id\x00{device_id}")
-        else:
-            found = self._agents.get(user_agent)
-            if found is None:
-                return None
-            agent = found
-        entry = self._entries.get((digest, client_ip, agent))
-        if entry is not None and self._clock() - entry.fetched_at < (self._ttl if ttl is None else ttl):
-            return entry.user
-        return None
+        agent = _device_agent(user_agent, device_id) if device_id else self._agents.get(user_agent)
+        if digest is None or agent is None:
+            return None  # a token or agent not in the memos (new, or long unseen): `check` works it out
+        return self._fresh((digest, client_ip, agent), self._ttl if ttl is None else ttl)
 
     async def check(
         self,
@@ -322,19 +313,24 @@ class SessionChecker:
         """
         digest = self._digests.get(token) or self._digest(token)
         if device_id:
-            # A native client: its device id is checked by CentralAuth like the agent, so it is part of
-            # what an answer was given for (kept with the agent, in one fixed-size digest).
-            agent = agent_digest(f"{user_agent}\x00device-id\x00{device_id}")
+            agent = _device_agent(user_agent, device_id)
         else:
             agent = self._agents.get(user_agent) or self._agent(user_agent)
         key = (digest, client_ip, agent)
-        entry = self._entries.get(key)
         fresh_for = self._ttl if ttl is None else ttl
         # A hit needs no dead-token lookup: marking a token dead evicts its entries, and none is stored
         # for a dead token.
-        if entry is not None and self._clock() - entry.fetched_at < fresh_for:
-            return Outcome(entry.user, "hit")
+        user = self._fresh(key, fresh_for)
+        if user is not None:
+            return Outcome(user, "hit")
         return await self._miss(key, token, client_ip, user_agent, lifetime, fresh_for, device_id)
+
+    def _fresh(self, key: Key, fresh_for: float) -> User | None:
+        """The cached user for `key` if its answer is younger than `fresh_for` seconds."""
+        entry = self._entries.get(key)
+        if entry is not None and self._clock() - entry.fetched_at < fresh_for:
+            return entry.user
+        return None
 
     async def _miss(
         self,
@@ -351,9 +347,9 @@ class SessionChecker:
         while True:
             if self.dead.holds(digest):
                 raise SessionKnownDead()
-            entry = self._entries.get(key)
-            if entry is not None and self._clock() - entry.fetched_at < fresh_for:
-                return Outcome(entry.user, "hit")
+            cached = self._fresh(key, fresh_for)
+            if cached is not None:
+                return Outcome(cached, "hit")
             task = self._inflight.get(key)
             if task is not None:
                 source = "coalesced"
@@ -555,6 +551,12 @@ def _answered(call: asyncio.Future[_Answer]) -> bool:
         return False
     error = call.exception()
     return error is None or isinstance(error, SessionRejected)
+
+
+def _device_agent(user_agent: str, device_id: str) -> bytes:
+    """A native client's agent digest: its device id is checked by CentralAuth like the agent, so it is
+    part of what an answer was given for (kept with the agent, in one fixed-size digest)."""
+    return agent_digest(f"{user_agent}\x00device-id\x00{device_id}")
 
 
 def agent_digest(user_agent: str) -> bytes:
