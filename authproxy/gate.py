@@ -67,11 +67,17 @@ def cached_user(
     if user is None:
         return None
     runtime.metrics.count_session_check("hit")
+    _admit(runtime, user, rules, request_id(request))
+    return user
+
+
+def _admit(runtime: Runtime, user: User, rules: Rules | None, rid: str) -> None:
+    """Apply `rules` (a route's own, or the global `[authorization]`): AccessDenied, audited, if they
+    refuse the user."""
     rule = denial(user, rules or runtime.rules)
     if rule is not None:
-        audit.event("access.denied", request_id(request), rule=rule, user=user.id)
+        audit.event("access.denied", rid, rule=rule, user=user.id)
         raise AccessDenied(rule)
-    return user
 
 
 async def check_session(
@@ -146,10 +152,7 @@ async def verify_session(
         redis = redis_store(runtime.store)
         if redis is not None:  # the "last check" of `authproxy sessions list`
             await redis.touch(cookie_value())
-    rule = denial(outcome.user, rules or runtime.rules)
-    if rule is not None:
-        audit.event("access.denied", rid, rule=rule, user=outcome.user.id)
-        raise AccessDenied(rule)
+    _admit(runtime, outcome.user, rules, rid)
     return outcome.user, outcome.source
 
 
