@@ -32,7 +32,7 @@ from authproxy.core.signing_keys import read_signing_keys
 from authproxy.core.transaction import TransactionCookies
 from authproxy.core.user import User
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
-from authproxy.forwarder import Router, Upstream, make_client_session
+from authproxy.forwarder import Router, Upstream
 from authproxy.h1 import Pool
 from authproxy.metrics import Metrics, multiprocess_mode
 from authproxy.pages import Branding
@@ -251,11 +251,9 @@ def build_app(
 
 
 async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
-    """Per worker: one upstream connection pool, one aiohttp client session for CentralAuth, and the
-    websocket client sessions, whose connections are bounded by `[websocket] max_open` on their own."""
+    """Per worker: one upstream connection pool, one for CentralAuth, and the websocket client
+    sessions, whose connections are bounded by `[websocket] max_open` on their own."""
     runtime = app[LIVE].runtime
-    http = make_client_session()
-    runtime.client_session = http
     websockets = runtime.websocket_clients = Clients(runtime.config.websocket.max_open)
     server = runtime.config.server
     pool = runtime.upstream_pool = Pool(
@@ -301,7 +299,6 @@ async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
     await backchannel.close()
     await websockets.close()
-    await http.close()
 
 
 def _attach_backchannel(runtime: Runtime, dead: DeadTokens | None = None) -> None:
@@ -437,7 +434,6 @@ def reload(app: web.Application, config: Config) -> list[str]:
 
 # A reload's new runtime takes these from the old one: they belong to the process, not to the config.
 _PROCESS_STATE = (
-    "client_session",
     "upstream_pool",
     "backchannel_pool",
     "metrics",

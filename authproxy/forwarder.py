@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
 import structlog
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -79,21 +78,6 @@ class Router:
             if prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/"):
                 return upstream
         return None
-
-
-def make_client_session(limit: int = 512) -> aiohttp.ClientSession:
-    """aiohttp's client for the CentralAuth back channel (and the readiness probe); websockets have
-    their own (`websocket.Clients`), so open sockets can never starve session checks and logins."""
-    # Idle connections are dropped after 15 s, below the usual server-side keep-alive (nginx and
-    # aiohttp 75 s).
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, keepalive_timeout=15, use_dns_cache=True)
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        timeout=aiohttp.ClientTimeout(total=None),
-    )
 
 
 async def forward(

@@ -13,7 +13,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 
 from authproxy.assertion import Assertions
@@ -100,7 +99,6 @@ class Runtime:
     access_lines: Lines = field(default_factory=Lines)
     probe_cache: dict[str, tuple[float, str]] = field(default_factory=dict)
     # Created in the app's cleanup context, once the event loop runs.
-    client_session: aiohttp.ClientSession | None = None
     upstream_pool: Pool | None = None
     backchannel_pool: Pool | None = None  # CentralAuth's connections, apart from the upstreams'
     centralauth: CentralAuthClient | None = None
@@ -158,12 +156,6 @@ class Runtime:
         if self.websocket_clients is None:
             raise RuntimeError("the websocket client sessions are created when the application starts")
         return self.websocket_clients
-
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        if self.client_session is None:
-            raise RuntimeError("the upstream client session is created when the application starts")
-        return self.client_session
 
 
 @dataclass

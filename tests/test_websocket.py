@@ -503,9 +503,11 @@ async def test_the_websocket_pool_is_not_centralauths(
             upstream = runtime.router.pick("/api/kernels/k1/channels")
             assert upstream is not None
             session = runtime.websockets.session(upstream)[0]
-            assert session is not runtime.http
             assert session.connector is not None and session.connector.limit == 5
-            assert runtime.http.connector is not None and runtime.http.connector.limit == 512
+            # CentralAuth's calls go through a pool of their own, neither the websockets' nor the
+            # upstreams' (test_600_open_websockets_do_not_starve_logins_or_session_checks shows it).
+            assert runtime.provider._pool is runtime.backchannel
+            assert runtime.backchannel is not runtime.pool
 
 
 # --- the registry and the re-check loop on their own -------------------------------------------------------

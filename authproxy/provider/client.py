@@ -100,6 +100,30 @@ class CentralAuthClient:
         if not 200 <= answer.status < 300:
             raise self._failure(answer, SessionRejected)
 
+    async def reachable(self, seconds: float) -> str:
+        """For readiness: "ok" when CentralAuth's discovery document answers with any status but a 5xx
+        or 429, else what went wrong, in a few words."""
+        target = f"{self._prefix}/.well-known/openid-configuration"
+        try:
+            async with asyncio.timeout(seconds):
+                response = await self._pool.request(
+                    self._origin,
+                    "GET",
+                    target,
+                    [("Accept", "application/json")],
+                    None,
+                    connect_timeout=seconds,
+                    response_timeout=seconds,
+                    read_timeout=seconds,
+                )
+                try:
+                    await _read_capped(response)
+                finally:
+                    response.release()
+        except (TimeoutError, UpstreamError, UpstreamTimeout, PoolExhausted, OSError) as exc:
+            return f"unreachable ({type(exc).__name__})"
+        return "ok" if response.status < 500 and response.status != 429 else f"http {response.status}"
+
     async def _post(
         self,
         path: str,

@@ -14,7 +14,6 @@ become load on it.
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 
 from authproxy.context import RUNTIME
@@ -22,7 +21,7 @@ from authproxy.runtime import Runtime
 from authproxy.session.store import redis_store
 
 PROBE_CACHE = 5.0
-PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2)
+PROBE_TIMEOUT = 2.0  # seconds for the whole probe of CentralAuth
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -54,11 +53,6 @@ async def _centralauth(runtime: Runtime) -> str:
     cached = runtime.probe_cache.get("centralauth")
     if cached is not None and now - cached[0] < PROBE_CACHE:
         return cached[1]
-    url = f"{runtime.config.centralauth.base_url}/.well-known/openid-configuration"
-    try:
-        async with runtime.http.get(url, timeout=PROBE_TIMEOUT, allow_redirects=False) as response:
-            state = "ok" if response.status < 500 and response.status != 429 else f"http {response.status}"
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        state = f"unreachable ({type(exc).__name__})"
+    state = await runtime.provider.reachable(PROBE_TIMEOUT)
     runtime.probe_cache["centralauth"] = (now, state)
     return state
