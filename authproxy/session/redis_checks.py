@@ -63,7 +63,7 @@ class RedisChecks:
         name = _name(key)
         secret = _answer_key(token)
         try:
-            found = await self._lookup(name, secret, key[0])
+            found = await self._lookup(name, secret)
             if found is not None and found[1] < fresh_for:
                 return found
             mine = os.urandom(16)
@@ -97,8 +97,9 @@ class RedisChecks:
         """The answer of the replica holding the lock; None when this replica should call itself."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait
-        for round_ in range(1_000_000):
-            await asyncio.sleep(_PAUSES[min(round_, len(_PAUSES) - 1)])
+        pauses = iter(_PAUSES)
+        while True:  # until an answer, the token's death, the lock's end, or the deadline
+            await asyncio.sleep(next(pauses, _PAUSES[-1]))
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.get(ANSWER_PREFIX + name)
                 pipe.pttl(ANSWER_PREFIX + name)
@@ -112,9 +113,8 @@ class RedisChecks:
                 return found
             if not locked or loop.time() >= deadline:
                 return None
-        return None
 
-    async def _lookup(self, name: str, secret: bytes, digest: bytes) -> tuple[User, float] | None:
+    async def _lookup(self, name: str, secret: bytes) -> tuple[User, float] | None:
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.get(ANSWER_PREFIX + name)
             pipe.pttl(ANSWER_PREFIX + name)
