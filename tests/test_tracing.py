@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, web
 from conftest import CLIENT_ID, CLIENT_SECRET, ProxyFactory
+from multidict import CIMultiDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -279,6 +280,21 @@ async def test_without_tracing_a_clients_trace_context_passes_only_from_a_truste
     assert "traceparent" not in got and "tracestate" not in got
     got = await echoed(http, f"{trusted.url}/public/x", **headers)
     assert got["traceparent"] == FORGED and got["tracestate"] == "front=1"
+
+
+async def test_an_untrusted_clients_trace_context_is_removed_in_every_spelling_and_every_line(
+    proxy_factory: ProxyFactory, http: ClientSession
+) -> None:
+    """Other cases, repeated lines and a split tracestate: none of it reaches the upstream."""
+    proxy = await proxy_factory(**PUBLIC)
+    sent = CIMultiDict(
+        [("TRACEPARENT", FORGED), ("Traceparent", FORGED), ("tracestate", "a=1"), ("TraceState", "b=2")]
+    )
+    async with http.get(f"{proxy.url}/public/x", headers=sent) as response:
+        assert response.status == 200
+        payload = json.loads(await response.read())
+    names = [str(name).lower() for name, _ in payload["headers"]]
+    assert "traceparent" not in names and "tracestate" not in names
 
 
 def test_without_tracing_opentelemetry_is_never_imported(tmp_path: Path) -> None:
