@@ -453,6 +453,8 @@ def spoofed_names(draw: st.DrawFn) -> str:
 def is_safe(name: str) -> bool:
     folded = name.strip().lower().replace("_", "-").replace(".", "-")
     framing = {"host", "cookie", "expect", "content-length", "connection", "keep-alive", "te", "upgrade"}
+    # an untrusted client's W3C trace context is dropped too (test_tracing covers when it passes)
+    framing |= {"traceparent", "tracestate"}
     stripped = folded in authproxy.core.headers.IDENTITY or folded.startswith(
         authproxy.core.headers.IDENTITY_PREFIXES
     )
