@@ -390,6 +390,26 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+ReplicaFactory = Callable[[float], Awaitable[list[Proxy]]]
+
+
+@pytest.fixture
+def redis_replicas(proxy_factory: ProxyFactory, redis_server: RedisServer) -> ReplicaFactory:
+    """Three proxies sharing `redis_server` as their session store, with the given session_check_ttl;
+    one public URL, so a cookie from one is a session on all three."""
+
+    async def start(ttl: float) -> list[Proxy]:
+        settings = {
+            "session": {"store": "redis", "redis_url": redis_server.url},
+            "centralauth": {"session_check_ttl": ttl},
+        }
+        first = await proxy_factory(**settings)
+        rest = [await proxy_factory(**settings, server={"public_url": first.url}) for _ in range(2)]
+        return [first, *rest]
+
+    return start
+
+
 @pytest.fixture
 def no_authproxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Configs in a test stand on their own: a developer's AUTHPROXY_* variables would be merged over

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ProxyFactory
+from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ReplicaFactory
 from support.harness import BROWSER_UA, COOKIE_SECRET, Proxy, free_port
 from support.logins import SignedIn, signed_in
 from support.redis_server import RedisServer
@@ -28,14 +28,8 @@ API = {"Accept": "application/json", "User-Agent": BROWSER_UA}
 
 
 @pytest.fixture
-async def three(proxy_factory: ProxyFactory, redis_server: RedisServer) -> list[Proxy]:
-    settings = {
-        "session": {"store": "redis", "redis_url": redis_server.url},
-        "centralauth": {"session_check_ttl": 60},
-    }
-    first = await proxy_factory(**settings)
-    rest = [await proxy_factory(**settings, server={"public_url": first.url}) for _ in range(2)]
-    return [first, *rest]
+async def three(redis_replicas: ReplicaFactory) -> list[Proxy]:
+    return await redis_replicas(60)
 
 
 def config_file(directory: Path, devidp: DevIdp, redis_url: str, **session: Any) -> Path:

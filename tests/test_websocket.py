@@ -506,7 +506,7 @@ async def test_the_websocket_pool_is_not_centralauths(
             assert session.connector is not None and session.connector.limit == 5
             # CentralAuth's calls go through a pool of their own, neither the websockets' nor the
             # upstreams' (test_600_open_websockets_do_not_starve_logins_or_session_checks shows it).
-            assert runtime.provider._pool is runtime.backchannel
+            assert runtime.provider.pool is runtime.backchannel
             assert runtime.backchannel is not runtime.pool
 
 

@@ -56,7 +56,7 @@ class CentralAuthClient:
         public_url: str,
         timeout: float,
     ) -> None:
-        self._pool = pool
+        self.pool = pool  # the back channel's connection pool, shared by every organization's client
         self._base = base_url.rstrip("/")
         self._origin, self._prefix = Origin.split(self._base)
         credentials = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
@@ -106,7 +106,7 @@ class CentralAuthClient:
         target = f"{self._prefix}/.well-known/openid-configuration"
         try:
             async with asyncio.timeout(seconds):
-                response = await self._pool.request(
+                response = await self.pool.request(
                     self._origin,
                     "GET",
                     target,
@@ -148,7 +148,7 @@ class CentralAuthClient:
     ) -> Answer:
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._pool.request(
+                response = await self.pool.request(
                     self._origin,
                     "POST",
                     target,
