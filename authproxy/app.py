@@ -426,6 +426,9 @@ def reload(app: web.Application, config: Config) -> list[str]:
         fresh.session_checker = old.session_checker
     else:
         _attach_backchannel(fresh, dead=old.checker.dead)
+    # A kept checker (and the broker, which is the process's) still keeps answers for the old routes'
+    # longest TTL: a route whose TTL grew would otherwise find them gone early (more calls, never stale).
+    fresh.checker.keep_for(_longest_ttl(config))
     if config.logging != old.config.logging:
         logs.configure(config.logging.format, config.logging.level)
     live.runtime = fresh

@@ -15,7 +15,8 @@ import structlog
 from aiohttp import ClientSession, web
 from conftest import DevIdp, ProxyFactory
 from pytest_aiohttp import AiohttpServer
-from support.harness import Browser
+from support.harness import Browser, FakeClock
+from support.logins import signed_in
 
 from authproxy import logs
 from authproxy.app import reload
@@ -99,6 +100,30 @@ async def test_the_check_cache_survives_a_reload_that_leaves_centralauth_alone(
     status, _, _ = await browser.get(f"{proxy.url}/again")
     assert status == 200
     assert await _userinfo_calls(devidp) == calls + 1
+
+
+async def test_a_reload_that_lengthens_a_routes_ttl_keeps_answers_that_long(
+    proxy_factory: ProxyFactory, devidp: DevIdp, browser: Browser, second_browser: Browser
+) -> None:
+    clock = FakeClock()  # the proxy's monotonic clock: cached answers age only with it
+    proxy = await proxy_factory(
+        centralauth={"session_check_ttl": 10},
+        routes=[{"path": "/slow/", "session_check_ttl": 30}],
+        monotonic=clock,
+    )
+    await signed_in(proxy, browser)  # lands on /, whose check stores Ada's answer
+    checker = proxy.app[LIVE].runtime.checker
+    table = [route.model_copy(update={"session_check_ttl": 120}) for route in proxy.config.routes.table]
+    reload(proxy.app, _changed(proxy.config, routes={"table": table}))
+    assert proxy.app[LIVE].runtime.checker is checker  # [centralauth] unchanged: the cache carries over
+    clock.advance(60)
+    # A new answer is stored; answers no route can use any more are dropped as it is. Ada's, 60 s old,
+    # is past the old longest TTL (30 s) but within the new one (120 s): it must stay.
+    await signed_in(proxy, second_browser, "bob@example.com")
+    calls = await _userinfo_calls(devidp)
+    status, _, _ = await browser.get(f"{proxy.url}/slow/page")
+    assert status == 200
+    assert await _userinfo_calls(devidp) == calls, "the kept cache must serve the route's new TTL"
 
 
 async def test_a_signed_out_session_stays_out_across_a_reload_of_centralauth(

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientSession, TCPConnector
-from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ProxyFactory
+from conftest import CLIENT_ID, CLIENT_SECRET, DevIdp, ReplicaFactory
 from support.harness import BROWSER_UA, Browser, Proxy, free_port
 from support.logins import signed_in
 from support.redis_server import RedisServer
@@ -33,9 +33,9 @@ from support.served import ServedProxy
 from authproxy.core.user import User
 from authproxy.errors import CentralAuthUnavailable, SessionRejected
 from authproxy.provider.broker import BrokerClient, BrokerServer
-from authproxy.provider.checker import Key, SessionChecker, SessionKnownDead
+from authproxy.provider.checker import ChainedChecks, Key, SessionChecker, SessionKnownDead, agent_digest
 from authproxy.runtime import LIVE
-from authproxy.session.redis_checks import ANSWER_PREFIX
+from authproxy.session.redis_checks import ANSWER_PREFIX, RedisChecks
 
 ADA = User("u-ada", "ada@example.com", True, False, "org", None)
 
@@ -403,18 +403,46 @@ async def test_a_checker_over_the_broker_stores_the_answer_with_its_age(broker_p
         await second.close()
 
 
+async def test_a_longer_ttl_after_a_reload_reaches_the_broker_and_redis(
+    broker_path: str, redis_server: RedisServer
+) -> None:
+    """`keep_for` (a reload lengthened a route's TTL) changes how long both shared levels keep answers."""
+    worker = BrokerClient(broker_path, wait=2.0, keep=0.2, on_dead=lambda digest: None)
+    other = client(broker_path)
+    redis = aioredis.Redis.from_url(redis_server.url)
+    calls: list[str] = []
+
+    async def fetch(token: str, ip: str, agent: str, device: str) -> User:
+        calls.append(token)
+        return ADA
+
+    try:
+        tiers = ChainedChecks(worker, RedisChecks(redis, keep=1.0, wait=2.0))
+        checker = SessionChecker(fetch, ttl=60, tiers=tiers)
+        checker.keep_for(300)
+        assert (await checker.check("token", "203.0.113.7", BROWSER_UA)).source == "miss"
+        (name,) = await redis.keys(ANSWER_PREFIX + "*")
+        assert await redis.pttl(name) > 60_000  # kept for 300 s, not the 1 s it was built with
+        await asyncio.sleep(0.4)  # past the broker's first keep (0.2 s)
+        # The broker drops answers past their keep as new ones arrive: one does now.
+        assert (await checker.check("token-2", "203.0.113.7", BROWSER_UA)).source == "miss"
+        made, call = counting()
+        key = (hashlib.sha256(b"token").digest(), "203.0.113.7", agent_digest(BROWSER_UA))
+        user, age = await other.answer(key, "token", 60, call)
+        assert (user, made) == (ADA, []) and age >= 0.4
+        assert calls == ["token", "token-2"]
+    finally:
+        await worker.close()
+        await other.close()
+        await redis.aclose()
+
+
 # -- replicas: three proxies, one Redis -----------------------------------------------------------------
 
 
 @pytest.fixture
-async def three(proxy_factory: ProxyFactory, redis_server: RedisServer) -> list[Proxy]:
-    settings = {
-        "session": {"store": "redis", "redis_url": redis_server.url},
-        "centralauth": {"session_check_ttl": 1},
-    }
-    first = await proxy_factory(**settings)
-    rest = [await proxy_factory(**settings, server={"public_url": first.url}) for _ in range(2)]
-    return [first, *rest]
+async def three(redis_replicas: ReplicaFactory) -> list[Proxy]:
+    return await redis_replicas(1)
 
 
 async def test_three_replicas_make_one_call_per_key_per_ttl_under_steady_load(

@@ -333,6 +333,9 @@ class BrokerClient:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
 
+    def keep_for(self, seconds: float) -> None:
+        self._keep = seconds
+
     async def answer(
         self, key: Key, token: str, fresh_for: float, call: Callable[[], Awaitable[tuple[User, float]]]
     ) -> tuple[User, float]:

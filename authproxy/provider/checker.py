@@ -96,6 +96,9 @@ class SharedChecks(Protocol):
         self, key: Key, token: str, fresh_for: float, call: Callable[[], Awaitable[tuple[User, float]]]
     ) -> tuple[User, float]: ...
 
+    def keep_for(self, seconds: float) -> None:
+        """Keep answers put from now on for `seconds` (the longest TTL of any route), e.g. after a reload."""
+
 
 class SharedDeadTokens(Protocol):
     """Dead-token memory shared between replicas. Neither method may raise: an outage is 'not known'."""
@@ -120,6 +123,10 @@ class ChainedChecks:
         return await self._outer.answer(
             key, token, fresh_for, lambda: self._inner.answer(key, token, fresh_for, call)
         )
+
+    def keep_for(self, seconds: float) -> None:
+        self._outer.keep_for(seconds)
+        self._inner.keep_for(seconds)
 
 
 class DeadTokensFanout:
@@ -282,6 +289,13 @@ class SessionChecker:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def keep_for(self, longest_ttl: float) -> None:
+        """Routes' TTLs changed (a reload that kept this checker): answers, here and in the shared levels,
+        are kept as long as the longest of them may still use one."""
+        self._horizon = max(self._ttl, longest_ttl)
+        if self._tiers is not None:
+            self._tiers.keep_for(self._horizon)
 
     def cached(
         self, token: str, client_ip: str, user_agent: str, *, ttl: float | None = None, device_id: str = ""

@@ -52,10 +52,13 @@ class RedisChecks:
 
     def __init__(self, client: RedisClient, *, keep: float, wait: float) -> None:
         self._client = client
-        self._keep_ms = max(1, int(keep * 1000))
+        self.keep_for(keep)
         self._wait = wait
         self._lock_ms = max(1000, int(wait * 1000))
         self._release = client.register_script(_RELEASE)
+
+    def keep_for(self, seconds: float) -> None:
+        self._keep_ms = max(1, int(seconds * 1000))
 
     async def answer(
         self, key: Key, token: str, fresh_for: float, call: Callable[[], Awaitable[tuple[User, float]]]
