@@ -448,6 +448,29 @@ async def test_a_revoked_session_is_refused_within_the_cache_lifetime(
         assert await identity(cached_site, browser, headers=cookie) == "refused 401"
 
 
+async def test_a_renewed_answer_is_read_from_its_new_file_and_revocation_still_holds(
+    cached_site: Site, browser: Browser, devidp: DevIdp
+) -> None:
+    """nginx keeps the cache's files open between hits (open_file_cache). A renewal writes a new file
+    in the old one's place: the kept descriptor of the expired one must never be read again, or every
+    request would go to authproxy (and an expired answer could be taken for the current one)."""
+    await sign_in(cached_site, browser)
+    cookie = {"Cookie": f"{cached_site.cookie_name}={browser.cookie(cached_site.cookie_name)}"}
+    for _ in range(3):  # three lifetimes: each expiry, one check by authproxy, then hits on the new file
+        await asyncio.sleep(CACHE_LIFETIME + MARGIN)
+        before = await userinfo_calls(devidp)
+        for _ in range(6):
+            assert await identity(cached_site, browser, headers=cookie) == EMAIL
+        assert await userinfo_calls(devidp) - before == 1
+    await devidp.end_sessions(EMAIL)
+    revoked = time.monotonic()
+    while await identity(cached_site, browser, headers=cookie) == EMAIL:
+        assert time.monotonic() - revoked <= CACHE_LIFETIME + MARGIN, "passed past the cache lifetime"
+        await asyncio.sleep(0.1)
+    for _ in range(3):
+        assert await identity(cached_site, browser, headers=cookie) == "refused 401"
+
+
 async def test_a_cached_answer_is_not_served_without_the_cookie_or_to_another_client(
     cached_site: Site, browser: Browser, devidp: DevIdp
 ) -> None:
