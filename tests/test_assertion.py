@@ -24,12 +24,13 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
-from conftest import CLIENT_ID, CLIENT_SECRET, ProxyFactory
+from conftest import ProxyFactory
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt import PyJWKClient
 from pytest_aiohttp import AiohttpServer
-from support.harness import COOKIE_SECRET, Browser, FakeClock, Proxy
+from support.configs import VALID
+from support.harness import Browser, FakeClock, Proxy
 from support.logins import signed_in
 
 from authproxy import cli
@@ -638,24 +639,13 @@ def test_gen_signing_key_prints_one_ec_p256_key(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out != out  # a fresh key each time
 
 
-CONFIG = f"""
-[server]
-listen = "127.0.0.1:4180"
-public_url = "https://app.example.com"
-
-[centralauth]
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-
-[session]
-cookie_secrets = ["{COOKIE_SECRET}"]
-
-[[upstreams]]
-url = "http://127.0.0.1:8080"
-
+CONFIG = (
+    VALID
+    + """
 [headers]
 jwt_assertion = true
 """
+)
 
 
 def check_config(tmp_path: Path, extra: str) -> tuple[int, str, str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from support.configs import CLIENT_ID, CLIENT_SECRET, COOKIE_SECRET, VALID
 from support.harness import free_port
 
 from authproxy import cli, logs, server
@@ -26,26 +27,6 @@ from authproxy.config import Config, load
 from authproxy.config_checks import client_id_problem, config_warnings, is_placeholder
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIENT_ID = "3f1c2a9e-7b4d-4e8a-9c61-0d2b5e8f7a10"
-CLIENT_SECRET = "5d41402abc4b2a76b9719d911017c5927e240de74eb0ad2b58bd5a1c2f7b3e91"
-COOKIE_SECRET = "Zq3vJ0b8kR2mX5nT7wY1pL4sD6fH9gA0cE3uI8oK2jM"
-
-# No warnings: loopback listen, a 64-character secret, secure cookies, no rules.
-VALID = f"""
-[server]
-listen = "127.0.0.1:4180"
-public_url = "https://app.example.com"
-
-[centralauth]
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-
-[session]
-cookie_secrets = ["{COOKIE_SECRET}"]
-
-[[upstreams]]
-url = "http://127.0.0.1:8080"
-"""
 
 
 pytestmark = pytest.mark.usefixtures("no_authproxy_env")

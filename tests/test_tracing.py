@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from pytest_aiohttp import AiohttpServer
+from support.configs import VALID
 from support.echo import received_headers
 from support.harness import Browser, Proxy, free_port
 from support.logins import signed_in_without_landing
@@ -325,26 +326,10 @@ assert not loaded, loaded
 
 # --- configuration ------------------------------------------------------------------------------------
 
-CONFIG = f"""
-[server]
-listen = "127.0.0.1:4180"
-public_url = "https://app.example.com"
-
-[centralauth]
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-
-[session]
-cookie_secrets = ["{"k" * 8 + secrets.token_urlsafe(32)}"]
-
-[[upstreams]]
-url = "http://127.0.0.1:8080"
-"""
-
 
 def check_config(tmp_path: Path, tracing_table: str, *prelude: str) -> tuple[int, str]:
     path = tmp_path / "config.toml"
-    path.write_text(CONFIG + "\n[tracing]\n" + tracing_table, encoding="utf-8")
+    path.write_text(VALID + "\n[tracing]\n" + tracing_table, encoding="utf-8")
     script = "\n".join(
         [
             *prelude,
