@@ -7,11 +7,13 @@ so a mistake either locks real users out or lets a thief replay a stolen cookie 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from multidict import CIMultiDict
+
+from authproxy.core.user import User
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -346,6 +348,15 @@ class IdentityNames:
     email: str
     preferred_username: str
     access_token: str
+
+    def write(self, headers: MutableMapping[str, str], user: User, access_token: str | None) -> None:
+        """Set `user`'s identity on `headers`, and the access token when one is given (`[headers]
+        pass_access_token`)."""
+        headers[self.user] = user.id
+        headers[self.email] = user.email
+        headers[self.preferred_username] = user.email
+        if access_token is not None:
+            headers[self.access_token] = access_token
 
 
 # By `[headers] profile`. oauth2-proxy's names are what existing apps and front proxies already read.

@@ -135,12 +135,8 @@ def _allowed(
     Every header of an allowed answer is set here and nowhere else."""
     headers = dict(pages.MARKER)
     if user is not None and session is not None:
-        names = runtime.forward_auth_headers
-        headers[names.user] = user.id
-        headers[names.email] = user.email
-        headers[names.preferred_username] = user.email
-        if runtime.config.headers.pass_access_token:
-            headers[names.access_token] = session.access_token
+        token = session.access_token if runtime.config.headers.pass_access_token else None
+        runtime.forward_auth_headers.write(headers, user, token)
         if runtime.assertions is not None and request is not None:
             # For the front proxy to pass on (nginx `auth_request_set`, Caddy `copy_headers`, ...).
             assertion = runtime.assertions.for_forward_auth(user, request, peer_trusted(request))

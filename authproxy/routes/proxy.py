@@ -223,12 +223,8 @@ def _upstream_headers(
     headers["X-Forwarded-Host"] = forwarded_value(host, trusted) or request.host
     headers["X-Request-Id"] = request_id(request)
     if user is not None and session is not None:
-        names = runtime.identity_headers
-        headers[names.user] = user.id
-        headers[names.email] = user.email
-        headers[names.preferred_username] = user.email
-        if runtime.config.headers.pass_access_token:
-            headers[names.access_token] = session.access_token
+        token = session.access_token if runtime.config.headers.pass_access_token else None
+        runtime.identity_headers.write(headers, user, token)
         if runtime.assertions is not None:
             # Proof for the upstream that the request came through the proxy (a client's copy was stripped).
             headers[runtime.assertions.header] = runtime.assertions.for_upstream(user, upstream.url)
