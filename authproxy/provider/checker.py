@@ -159,6 +159,19 @@ class Outcome:
 _Answer = tuple[User, bool]  # a call's user, and whether another process made the call
 
 
+@dataclass(frozen=True, slots=True)
+class _Question:
+    """One miss's question to CentralAuth, as the request presents it."""
+
+    key: Key
+    token: str
+    client_ip: str
+    user_agent: str
+    device_id: str  # "" for browsers
+    lifetime: float | None  # how long the session has left (how long to remember the token dead)
+    fresh_for: float  # the TTL the asking route accepts
+
+
 @dataclass(slots=True)
 class _Entry:
     user: User
@@ -337,7 +350,7 @@ class SessionChecker:
         user = self._fresh(key, fresh_for)
         if user is not None:
             return Outcome(user, "hit")
-        return await self._miss(key, token, client_ip, user_agent, lifetime, fresh_for, device_id)
+        return await self._miss(_Question(key, token, client_ip, user_agent, device_id, lifetime, fresh_for))
 
     def _fresh(self, key: Key, fresh_for: float) -> User | None:
         """The cached user for `key` if its answer is younger than `fresh_for` seconds."""
@@ -346,16 +359,8 @@ class SessionChecker:
             return entry.user
         return None
 
-    async def _miss(
-        self,
-        key: Key,
-        token: str,
-        client_ip: str,
-        user_agent: str,
-        lifetime: float | None,
-        fresh_for: float,
-        device_id: str = "",
-    ) -> Outcome:
+    async def _miss(self, question: _Question) -> Outcome:
+        key, fresh_for = question.key, question.fresh_for
         digest = key[0]
         deadline: float | None = None  # loop time until which a miss waits on another key's call
         while True:
@@ -374,7 +379,7 @@ class SessionChecker:
                 deadline = loop.time() + self._wait
             remaining = deadline - loop.time()
             if other is None or other.done() or remaining <= 0:
-                task = self._start(key, token, client_ip, user_agent, lifetime, device_id, fresh_for)
+                task = self._start(question)
                 source = "miss"
                 break
             # asyncio.wait never cancels `other`: this request going away leaves the call to the others.
@@ -443,19 +448,9 @@ class SessionChecker:
                 self._agents.popitem(last=False)
         return digest
 
-    def _start(
-        self,
-        key: Key,
-        token: str,
-        client_ip: str,
-        user_agent: str,
-        lifetime: float | None,
-        device_id: str,
-        fresh_for: float,
-    ) -> asyncio.Future[_Answer]:
-        task = asyncio.ensure_future(
-            self._refresh(key, token, client_ip, user_agent, lifetime, device_id, fresh_for)
-        )
+    def _start(self, question: _Question) -> asyncio.Future[_Answer]:
+        key = question.key
+        task = asyncio.ensure_future(self._refresh(question))
         self._inflight[key] = task
         self._inflight_token[key[0]] = task
         task.add_done_callback(lambda done: self._finished(key, done))
@@ -469,17 +464,9 @@ class SessionChecker:
         if not task.cancelled():
             task.exception()  # retrieved here, so a call nobody waits for any more is not reported
 
-    async def _refresh(
-        self,
-        key: Key,
-        token: str,
-        client_ip: str,
-        user_agent: str,
-        lifetime: float | None,
-        device_id: str,
-        fresh_for: float,
-    ) -> _Answer:
+    async def _refresh(self, question: _Question) -> _Answer:
         """The user, and whether the answer came from another process (no call was made here)."""
+        key, token, lifetime = question.key, question.token, question.lifetime
         digest = key[0]
         if self._shared is not None:
             remaining = await self._shared.dead_for(digest)
@@ -492,11 +479,12 @@ class SessionChecker:
         async def call() -> tuple[User, float]:
             nonlocal called
             called = True
-            return await self._fetch(token, client_ip, user_agent, device_id), 0.0
+            user = await self._fetch(token, question.client_ip, question.user_agent, question.device_id)
+            return user, 0.0
 
         try:
-            if self._tiers is not None and fresh_for > 0:
-                user, age = await self._tiers.answer(key, token, fresh_for, call)
+            if self._tiers is not None and question.fresh_for > 0:
+                user, age = await self._tiers.answer(key, token, question.fresh_for, call)
             else:
                 user, age = await call()
         except SessionKnownDead as exc:  # another process's call ended the token while this one waited
