@@ -39,35 +39,18 @@ from urllib.parse import urlsplit
 import yaml
 
 from support.listening import wait_until_listening
-from support.nginx import nginx_binary, write_site_tls
+from support.nginx import main_conf, nginx_binary, write_site_tls
 from support.servers import ServerProcess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "ingress-nginx.yaml"
 ANNOTATION = "nginx.ingress.kubernetes.io/"
 START_TIMEOUT = 10.0
 
-MAIN_CONF = """\
-daemon off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log notice;
-
-events {{
-    worker_connections 256;
-}}
-
-http {{
-    log_format checks '$request_method $uri $status upstream=$upstream_status';
-    log_subrequest on;
-    access_log {dir}/access.log checks;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-
-    include {dir}/site.conf;
-}}
+# Which location answered each request, subrequests included (the tests read the access log).
+ACCESS_LOG = """\
+log_format checks '$request_method $uri $status upstream=$upstream_status';
+log_subrequest on;
+access_log {dir}/access.log checks;
 """
 
 # What ingress-nginx sends upstream from every location (the app's and authproxy's).
@@ -239,7 +222,7 @@ def _prepare(*, port: int, authproxy: str, app: str) -> tuple[Path, Path]:
     site = render_site(read_example(), port=port, authproxy=authproxy, app=app, cert=cert, key=key)
     (directory / "site.conf").write_text(site)
     main = directory / "nginx.conf"
-    main.write_text(MAIN_CONF.format(dir=directory))
+    main.write_text(main_conf(directory, "site.conf", ACCESS_LOG))
     return directory, main
 
 

@@ -68,16 +68,25 @@ events {{
 }}
 
 http {{
-    access_log {dir}/access.log;
+{log}
     client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
 
-    include {dir}/authproxy.conf;
+    include {dir}/{site};
 }}
 """
+
+
+def main_conf(
+    directory: Path, site: str = "authproxy.conf", log: str = "access_log {dir}/access.log;"
+) -> str:
+    """nginx's main config in `directory`, around the site file `site` there; `log`: the http
+    context's logging lines (`{dir}` is the directory)."""
+    lines = "\n".join("    " + line for line in log.format(dir=directory).splitlines())
+    return MAIN_CONF.format(dir=directory, site=site, log=lines)
 
 
 def nginx_binary() -> str:
@@ -231,7 +240,7 @@ def _prepare(
         edits |= cache_edits(directory / "auth-cache", cache_lifetime)
     (directory / "authproxy.conf").write_text(render_site(site.read_text(), edits, site))
     main = directory / "nginx.conf"
-    main.write_text(MAIN_CONF.format(dir=directory))
+    main.write_text(main_conf(directory))
     return directory, main, (directory / "stderr.log").open("wb")
 
 

@@ -43,7 +43,7 @@ import pytest
 from aiohttp import web
 
 from support.chaos import LoopbackServer
-from support.nginx import MAIN_CONF, nginx_binary
+from support.nginx import main_conf, nginx_binary
 
 START_TIMEOUT = 45.0  # JVMs on a loaded two-core CI machine: generous, but a hang still ends
 STOP_TIMEOUT = 10.0
@@ -429,10 +429,9 @@ def launch_nginx(port: int) -> Server:
     locations = "\n".join(
         NGINX_LOCATION.format(prefix=prefix, name=name) for name, prefix in NGINX_PREFIXES.items()
     )
-    # support/nginx.py's main config includes `{dir}/authproxy.conf`: the site goes there.
     (directory / "authproxy.conf").write_text(NGINX_SITE.format(port=port, locations=locations))
     main = directory / "nginx.conf"
-    main.write_text(MAIN_CONF.format(dir=directory))
+    main.write_text(main_conf(directory))
     command = [binary, "-c", str(main), "-p", f"{directory}/"]
     # stderr has what nginx says before it reads its error_log directive; error.log the rest.
     with (directory / "stderr.log").open("wb") as log:
