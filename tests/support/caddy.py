@@ -27,7 +27,7 @@ import pytest
 
 from support.listening import wait_until_listening
 from support.nginx import write_site_tls
-from support.servers import ServerProcess
+from support.servers import ServerProcess, apply_edits
 
 SITE = Path(__file__).resolve().parents[2] / "deploy" / "caddy" / "Caddyfile"
 DEBIAN_CADDY = "/usr/bin/caddy"
@@ -76,15 +76,7 @@ def site_edits(*, port: int, authproxy: str, app: str, cert: Path, key: Path) ->
 
 
 def render_site(text: str, edits: dict[str, str]) -> str:
-    for old, new in edits.items():
-        found = text.count(old)
-        if found != 1:
-            raise AssertionError(
-                f"{SITE}: the test replaces {old!r}, which must occur exactly once but occurs {found} "
-                "times; update tests/support/caddy.py:site_edits() together with the example"
-            )
-        text = text.replace(old, new)
-    return text
+    return apply_edits(text, edits, SITE, "tests/support/caddy.py:site_edits()")
 
 
 @dataclass

@@ -39,7 +39,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from support.harness import free_port
 from support.listening import wait_until_listening
-from support.servers import ServerProcess
+from support.servers import ServerProcess, apply_edits
 
 SITE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "authproxy.conf"
 CACHED_SITE = SITE.with_name("authproxy-cached.conf")
@@ -195,15 +195,7 @@ def cache_edits(directory: Path, lifetime: int | None) -> dict[str, str]:
 
 
 def render_site(text: str, edits: dict[str, str], site: Path = SITE) -> str:
-    for old, new in edits.items():
-        found = text.count(old)
-        if found != 1:
-            raise AssertionError(
-                f"{site}: the test replaces {old!r}, which must occur exactly once but occurs {found} "
-                "times; update tests/support/nginx.py:site_edits() together with the example"
-            )
-        text = text.replace(old, new)
-    return text
+    return apply_edits(text, edits, site, "tests/support/nginx.py:site_edits()")
 
 
 @dataclass

@@ -37,3 +37,18 @@ class ServerProcess:
                 self.process.kill()
                 await self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def apply_edits(text: str, edits: dict[str, str], source: Path, owner: str) -> str:
+    """A deploy example's text with each `old -> new` of `edits` applied; every `old` must occur in it
+    exactly once, so an example that changes under a test fails loudly instead of running unedited.
+    `owner` names the function that lists the edits, to update with the example."""
+    for old, new in edits.items():
+        found = text.count(old)
+        if found != 1:
+            raise AssertionError(
+                f"{source}: the test replaces {old!r}, which must occur exactly once but occurs {found} "
+                f"times; update {owner} together with the example"
+            )
+        text = text.replace(old, new)
+    return text
