@@ -12,7 +12,6 @@ comparison measures.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
 import signal
 from collections.abc import AsyncIterator
@@ -72,14 +71,7 @@ async def serve(host: str, port: int, upstream: str) -> None:
     app[UPSTREAM] = upstream.rstrip("/")
     app.cleanup_ctx.append(_client)
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_port=True, backlog=1024).start()
-    print("bare.ready", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await aio.serve(app, "bare", host, port, reuse_port=True, backlog=1024)
 
 
 def worker(host: str, port: int, upstream: str) -> None:

@@ -18,7 +18,6 @@ a session exists.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import binascii
 import datetime
@@ -27,7 +26,6 @@ import hmac
 import ipaddress
 import json
 import secrets
-import signal
 import ssl
 import time
 from dataclasses import dataclass
@@ -198,14 +196,7 @@ async def serve(host: str, port: int, client_id: str, client_secret: str, tls: s
     app.router.add_get("/authorize", provider.authorize)
     app.router.add_post("/token", provider.token)
     app.router.add_get("/_stats", provider.stats)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, ssl_context=tls).start()
-    print("oidc_provider.ready", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await aio.serve(app, "oidc_provider", host, port, ssl_context=tls)
 
 
 def main() -> None:

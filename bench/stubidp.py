@@ -11,9 +11,7 @@ userinfo answer, so every cache entry is as large as a real one.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
-import signal
 
 from aiohttp import web
 
@@ -38,14 +36,7 @@ async def userinfo(request: web.Request) -> web.Response:
 async def serve(host: str, port: int) -> None:
     app = web.Application()
     app.router.add_post("/api/v1/userinfo", userinfo)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    print("stubidp.ready", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await aio.serve(app, "stubidp", host, port)
 
 
 def main() -> None:

@@ -12,9 +12,7 @@ floor under any aiohttp proxy's.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
 from pathlib import Path
 
 from aiohttp import web
@@ -64,14 +62,7 @@ async def serve(host: str, port: int) -> None:
     app.router.add_get("/1k", kib)
     app.router.add_post("/v1/traces", traces)
     app.router.add_route("*", "/{tail:.*}", sink)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    print("sink.ready", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await aio.serve(app, "sink", host, port)
 
 
 def main() -> None:
